@@ -1,0 +1,93 @@
+"""frys_zmq: a brokerless event bus for Python over ZeroMQ, with mDNS discovery."""
+
+from __future__ import annotations
+
+from ._bus import EventBus, PeerWaitTimeout, Publisher
+from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig
+from ._dispatch import Subscription
+from ._errors import (
+    AlreadyClosed,
+    BadFrame,
+    ChecksumError,
+    ConcurrencyError,
+    ConfigError,
+    DecodeError,
+    DecompressionBomb,
+    DiscoveryError,
+    DuplicateNodeId,
+    EncodeError,
+    FrysError,
+    HandlerError,
+    InvalidTopic,
+    LimitExceeded,
+    MessageTooLarge,
+    NoResponders,
+    NotStarted,
+    ProtocolError,
+    QueueFull,
+    RequestError,
+    RequestTimeout,
+    StorageError,
+    SyncTimeout,
+    TopicError,
+    TransportError,
+    UnknownProtocolVersion,
+)
+from ._event import Event, Reply, Request
+from ._limits import Limits
+from ._peers import PeerInfo, PeerState
+from ._topics import pattern_matches, validate_pattern, validate_topic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyClosed",
+    "BadFrame",
+    "ChecksumError",
+    "ConcurrencyError",
+    "ConfigError",
+    "DecodeError",
+    "DecompressionBomb",
+    "DeliveryMode",
+    "DiscoveryError",
+    "DiscoveryStrategy",
+    "DuplicateNodeId",
+    "EncodeError",
+    "Event",
+    "EventBus",
+    "EventBusConfig",
+    "FrysError",
+    "HandlerError",
+    "InvalidTopic",
+    "LimitExceeded",
+    "Limits",
+    "MessageTooLarge",
+    "NoResponders",
+    "NotStarted",
+    "PeerInfo",
+    "PeerState",
+    "PeerWaitTimeout",
+    "ProtocolError",
+    "Publisher",
+    "QueueFull",
+    "Reply",
+    "Request",
+    "RequestError",
+    "RequestTimeout",
+    "StorageError",
+    "Subscription",
+    "SyncTimeout",
+    "TopicError",
+    "TransportError",
+    "UnknownProtocolVersion",
+    "__version__",
+    "pattern_matches",
+    "validate_pattern",
+    "validate_topic",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("frys_zmq."):
+        _obj.__module__ = "frys_zmq"
+del _name, _obj

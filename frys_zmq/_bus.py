@@ -1,0 +1,487 @@
+"""``EventBus``: the facade users hold. Owns the dispatcher, the codec and the node."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ._codec import PayloadCodec
+from ._config import EventBusConfig
+from ._dispatch import Dispatcher, Handler, Subscription
+from ._errors import (
+    AlreadyClosed,
+    DecodeError,
+    FrysError,
+    HandlerError,
+    NoResponders,
+    NotStarted,
+    RequestError,
+    TransportError,
+)
+from ._event import Event, Reply, Request
+from ._node import Node, NodeCallbacks
+from ._peers import PeerInfo
+from ._topics import is_system_topic, validate_pattern, validate_topic
+from ._wire import Header, Kind, encode_header, pack_control, topic_frame, unpack_control
+
+__all__ = ["EventBus", "Publisher"]
+
+log = logging.getLogger("frys_zmq.bus")
+
+RequestHandler = Callable[[Request], Any]
+
+
+class Publisher:
+    """A publisher bound to one topic: ``await pub(payload)``."""
+
+    __slots__ = ("_bus", "topic")
+
+    def __init__(self, bus: EventBus, topic: str) -> None:
+        self._bus = bus
+        self.topic = topic
+
+    async def publish(self, payload: Any, *, metadata: Mapping[str, Any] | None = None) -> Event:
+        return await self._bus.publish(self.topic, payload, metadata=metadata)
+
+    __call__ = publish
+
+
+class EventBus:
+    """A node of the frys mesh. Use as ``async with EventBus(config) as bus:``."""
+
+    def __init__(self, config: EventBusConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = EventBusConfig.load(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self.node_id = config.node_id
+        self._codec = PayloadCodec(
+            limits=config.limits,
+            compression=config.compression_enabled,
+            compression_threshold=config.compression_threshold,
+        )
+        self._dispatcher = Dispatcher(queue_size=config.event_queue_size)
+        self._handlers: dict[str, RequestHandler] = {}
+        self._request_sem: asyncio.Semaphore | None = None
+        self._node: Node | None = None
+        self._started = False
+        self._closed = False
+        self._topic_ok: dict[str, bytes] = {}
+        self._rr = itertools.count()
+        self._local_seq = 0
+        self._incarnation = 0
+        self._latency = _Latency()
+        self.published = 0
+        self.decode_errors = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> EventBus:
+        """Bind sockets, start discovery and heartbeats. ``async with`` calls this."""
+        if self._closed:
+            raise AlreadyClosed("this EventBus was closed; make a new one")
+        if self._started:
+            return self
+        self._request_sem = asyncio.Semaphore(self.config.max_concurrent_events)
+        self._incarnation = time.time_ns() // 1000
+        if self.config.enable_distributed:
+            node = Node(
+                self.config,
+                NodeCallbacks(deliver=self._deliver_remote, serve=self._serve_remote,
+                              system=self._system_event),
+            )
+            await node.start()
+            self._node = node
+            self._incarnation = node.incarnation
+            node.set_served(set(self._handlers))
+        self._started = True
+        return self
+
+    async def aclose(self) -> None:
+        """Leave the mesh and stop every subscription. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._node is not None:
+                await asyncio.shield(self._node.aclose())
+        finally:
+            await self._dispatcher.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> EventBus:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_started", False) and not getattr(self, "_closed", True):
+            _warn(f"EventBus {self.node_id!r} was not closed", ResourceWarning, stacklevel=2)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AlreadyClosed("EventBus is closed")
+        if not self._started:
+            raise NotStarted("start the EventBus first (async with EventBus(...) as bus)")
+
+    # ------------------------------------------------------------------ publish
+
+    def _topic_frame(self, topic: str) -> bytes:
+        frame = self._topic_ok.get(topic)
+        if frame is None:
+            validate_topic(topic)
+            frame = topic_frame(topic)
+            if len(self._topic_ok) < 65536:
+                self._topic_ok[topic] = frame
+        return frame
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Publish to local subscribers and the mesh; returns the event as sent.
+
+        Waits only when a local subscriber's queue is full (back-pressure).
+        """
+        event, blocked = self._publish_nowait(topic, payload, metadata)
+        if blocked:
+            await self._dispatcher.wait_blocked(event, blocked)
+        return event
+
+    def _publish_nowait(
+        self, topic: str, payload: Any, metadata: Mapping[str, Any] | None
+    ) -> tuple[Event, list[Subscription] | None]:
+        self._check_open()
+        tframe = self._topic_frame(topic)
+        meta = dict(metadata) if metadata else None
+        ts = time.time_ns()
+        node = self._node
+        if node is not None:
+            seq = node.next_seq()
+            data, flags = self._codec.encode(payload)
+            header = encode_header(Kind.EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
+            node.send_event(tframe, header, data, seq)
+        else:
+            self._local_seq += 1
+            seq = self._local_seq
+        self.published += 1
+        event = Event(topic, payload, metadata=meta, source=self.node_id,
+                      incarnation=self._incarnation, seq=seq, timestamp_ns=ts)
+        subs = self._dispatcher.matches(topic)
+        if not subs:
+            return event, None
+        return event, self._dispatcher.dispatch_nowait(event, subs)
+
+    async def publish_batch(
+        self, events: Iterable[tuple[str, Any] | tuple[str, Any, Mapping[str, Any] | None]]
+    ) -> list[Event]:
+        """Publish many ``(topic, payload[, metadata])`` in order; returns the events."""
+        out: list[Event] = []
+        for item in events:
+            topic, payload, *rest = item
+            event, blocked = self._publish_nowait(topic, payload, rest[0] if rest else None)
+            if blocked:
+                await self._dispatcher.wait_blocked(event, blocked)
+            out.append(event)
+        return out
+
+    def publisher(self, topic: str) -> Publisher:
+        """A callable bound to ``topic``."""
+        validate_topic(topic)
+        return Publisher(self, topic)
+
+    # ------------------------------------------------------------------ subscribe
+
+    def subscribe(self, pattern: str, handler: Handler | None = None) -> Subscription:
+        """Subscribe to ``pattern`` (``*`` one token, ``>`` the rest).
+
+        ``bus.subscribe(p, handler)`` and ``sub = bus.subscribe(p)`` (then ``async for``)
+        return a ``Subscription``; as a decorator, ``@bus.subscribe(p)`` replaces the
+        function with its ``Subscription``, which stays callable.
+        """
+        if self._closed:
+            raise AlreadyClosed("EventBus is closed")
+        validate_pattern(pattern)
+        return self._dispatcher.subscribe(pattern, handler)
+
+    # ------------------------------------------------------------------ request / reply
+
+    async def handle_request(self, topic: str, handler: RequestHandler) -> None:
+        """Serve requests on ``topic`` (a topic or a pattern) with ``handler(Request)``."""
+        validate_pattern(topic, allow_system=False)
+        self._handlers[topic] = handler
+        if self._node is not None:
+            self._node.set_served(set(self._handlers))
+
+    async def remove_request_handler(self, topic: str) -> None:
+        self._handlers.pop(topic, None)
+        if self._node is not None:
+            self._node.set_served(set(self._handlers))
+
+    def _local_handler(self, topic: str) -> RequestHandler | None:
+        handler = self._handlers.get(topic)
+        if handler is not None:
+            return handler
+        from ._topics import pattern_matches
+
+        for pattern, h in self._handlers.items():
+            if pattern_matches(pattern, topic):
+                return h
+        return None
+
+    async def request(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Reply[Any]:
+        """Ask one serving node; returns ``Reply.Success``, ``Reply.Error`` or ``Reply.Timeout``.
+
+        With no node serving ``topic`` the answer is ``Reply.Error(NoResponders)`` at once.
+        """
+        self._check_open()
+        validate_topic(topic)
+        timeout = self.config.request_timeout if timeout is None else timeout
+        meta = dict(metadata) if metadata else None
+        local = self._local_handler(topic)
+        remote = self._node.servers_of(topic) if self._node is not None else []
+        n = len(remote) + (1 if local is not None else 0)
+        if n == 0:
+            return Reply.Error(NoResponders(topic))
+        pick = next(self._rr) % n
+        if local is not None and pick == len(remote):
+            req = Request(topic, payload, meta or {}, self.node_id, "")
+            try:
+                async with asyncio.timeout(timeout):
+                    value = await self._call(local, req)
+            except TimeoutError:
+                return Reply.Timeout(timeout, topic)
+            except Exception as exc:
+                return Reply.Error(_as_handler_error(exc), self.node_id)
+            return Reply.Success(value, self.node_id)
+        assert self._node is not None
+        peer = remote[pick]
+        data, flags = self._codec.encode(payload)
+        try:
+            header, body = await self._node.request(peer, topic, data, flags, meta, timeout)
+        except TimeoutError:
+            return Reply.Timeout(timeout, topic)
+        except asyncio.CancelledError:
+            if self._closed:
+                raise
+            return Reply.Error(RequestError(f"{peer.node_id} left before replying"), peer.node_id)
+        except TransportError as exc:
+            return Reply.Error(exc, peer.node_id)
+        if header.content_type == "frys/error":
+            try:
+                info = unpack_control(body, self.config.limits)
+                err = HandlerError(str(info.get("message", "")), str(info.get("type", "Exception")))
+            except (DecodeError, AttributeError):
+                err = HandlerError("undecodable error reply")
+            return Reply.Error(err, header.source)
+        try:
+            value = self._codec.decode(body, header.flags)
+        except DecodeError as exc:
+            return Reply.Error(exc, header.source)
+        return Reply.Success(value, header.source)
+
+    send_request = request
+
+    async def _call(self, handler: RequestHandler, req: Request) -> Any:
+        result = handler(req)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _serve_remote(
+        self, topic: str, header: Header, payload: bytes
+    ) -> tuple[bool, bytes, int]:
+        handler = self._local_handler(topic)
+        if handler is None:
+            return False, pack_control({"type": "NoResponders", "message": f"{topic} not served"}), 0
+        assert self._request_sem is not None
+        async with self._request_sem:
+            try:
+                value = self._codec.decode(payload, header.flags)
+                req = Request(topic, value, header.metadata or {}, header.source,
+                              header.correlation_id or "")
+                result = await self._call(handler, req)
+                data, flags = self._codec.encode(result)
+                return True, data, flags
+            except Exception as exc:
+                log.debug("request handler for %s raised", topic, exc_info=True)
+                return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
+
+    # ------------------------------------------------------------------ remote delivery
+
+    def _deliver_remote(self, topic: str, header: Header, payload: bytes) -> Awaitable[None] | None:
+        subs = self._dispatcher.matches(topic)
+        if not subs:
+            self._dispatcher.unmatched += 1
+            return None
+        try:
+            value = self._codec.decode(payload, header.flags)
+        except DecodeError as exc:
+            self.decode_errors += 1
+            if self._node is not None:
+                self._node._bad(header.source, type(exc).__name__, exc)
+            return None
+        event = Event(topic, value, metadata=header.metadata, source=header.source,
+                      incarnation=header.incarnation, seq=header.seq,
+                      timestamp_ns=header.timestamp_ns)
+        self._latency.add(time.time_ns() - header.timestamp_ns)
+        blocked = self._dispatcher.dispatch_nowait(event, subs)
+        if blocked:
+            return self._dispatcher.wait_blocked(event, blocked)
+        return None
+
+    def _system_event(self, topic: str, payload: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        event = Event(topic, payload, source=self.node_id, incarnation=self._incarnation,
+                      timestamp_ns=time.time_ns())
+        subs = self._dispatcher.matches(topic)
+        if subs:
+            # System events never block the node: a full queue drops them (counted).
+            blocked = self._dispatcher.dispatch_nowait(event, subs)
+            for sub in blocked or ():
+                sub.dropped += 1
+
+    # ------------------------------------------------------------------ membership
+
+    def peers(self) -> list[PeerInfo]:
+        """The peers this node knows, as snapshots."""
+        if self._node is None:
+            return []
+        return [replace(p) for p in self._node.peers]
+
+    async def wait_for_peers(self, n: int = 1, timeout: float = 10.0) -> list[PeerInfo]:
+        """Wait until ``n`` peers exchange events with this node both ways.
+
+        Raises ``TimeoutError`` (a ``FrysError``) if they do not appear in time.
+        """
+        self._check_open()
+        if self._node is None:
+            raise NotStarted("wait_for_peers needs enable_distributed=True")
+        try:
+            ready = await self._node.wait_for_peers(n, timeout)
+        except TimeoutError:
+            have = len(self._node.ready_peers())
+            raise PeerWaitTimeout(
+                f"{have} of {n} peers ready after {timeout:g}s"
+            ) from None
+        return [replace(p) for p in ready]
+
+    async def connect(self, endpoint: str) -> None:
+        """Add a peer by its ROUTER endpoint (``tcp://host:port``)."""
+        self._check_open()
+        if self._node is None:
+            raise NotStarted("connect needs enable_distributed=True")
+        self._node.connect(endpoint)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """This node's PUB and ROUTER endpoints."""
+        if self._node is None:
+            return {}
+        n = self._node
+        return {"pub": f"tcp://{n.address}:{n.pub_port}",
+                "router": f"tcp://{n.address}:{n.router_port}"}
+
+    # ------------------------------------------------------------------ metrics
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters and gauges of this node (see README for their meaning)."""
+        d = self._dispatcher
+        subs = d.subscriptions()
+        metrics: dict[str, Any] = {
+            "node_id": self.node_id,
+            "events_published": self.published,
+            "events_dispatched": d.dispatched,
+            "events_delivered": sum(s.delivered for s in subs),
+            "events_unmatched": d.unmatched,
+            "handler_errors": d.handler_errors,
+            "decode_errors": self.decode_errors,
+            "queue_depth": sum(s.pending for s in subs),
+            "subscriptions": d.topic_counts(),
+            "latency_ms": self._latency.summary(),
+        }
+        if self._node is not None:
+            st = self._node.stats
+            metrics.update(
+                peers=len(self._node.peers),
+                peers_ready=len(self._node.ready_peers()),
+                received=st.received,
+                duplicates=st.duplicates + sum(
+                    s.tracker.duplicates for s in self._node._streams.values()),
+                repaired=sum(s.tracker.repaired for s in self._node._streams.values()),
+                gaps=st.gaps,
+                gap_events=st.gap_events,
+                nacks_sent=st.nacks_sent,
+                replays_served=st.replays_served,
+                send_dropped=st.send_dropped,
+                late_replies=st.late_replies,
+                unknown_source=st.unknown_source,
+                bad_messages=st.bad_messages,
+                bad_by_reason=dict(st.bad_by_reason),
+                seq=self._node.seq,
+            )
+        return metrics
+
+
+class PeerWaitTimeout(FrysError, TimeoutError):
+    """``wait_for_peers`` ran out of time."""
+
+
+def _as_handler_error(exc: BaseException) -> FrysError:
+    if isinstance(exc, FrysError):
+        return exc
+    return HandlerError(str(exc), type(exc).__name__)
+
+
+class _Latency:
+    """Bounded reservoir of delivery latencies (ns) for p50/p99."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._buf: list[int] = []
+        self._size = size
+        self._i = 0
+        self.count = 0
+        self.total = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.total += ns
+        if len(self._buf) < self._size:
+            self._buf.append(ns)
+        else:
+            self._buf[self._i] = ns
+            self._i = (self._i + 1) % self._size
+
+    def summary(self) -> dict[str, float]:
+        if not self._buf:
+            return {"avg": 0.0, "p50": 0.0, "p99": 0.0}
+        s = sorted(self._buf)
+        return {
+            "avg": self.total / self.count / 1e6,
+            "p50": s[len(s) // 2] / 1e6,
+            "p99": s[min(len(s) - 1, int(len(s) * 0.99))] / 1e6,
+        }
+
+
+_ = is_system_topic

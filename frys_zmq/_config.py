@@ -1,0 +1,215 @@
+"""``EventBusConfig``: every knob of a node, loaded from arguments, environment and TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import os
+import re
+import secrets
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _timing
+from ._errors import ConfigError
+from ._limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["DeliveryMode", "DiscoveryStrategy", "EventBusConfig", "validate_name"]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,31}")
+_ENV_PREFIX = "FRYS_"
+
+
+class DiscoveryStrategy(enum.StrEnum):
+    """How a node finds its peers."""
+
+    MDNS = "mdns"  #: multicast DNS (zeroconf) only
+    STATIC = "static"  #: only the ROUTER endpoints listed in ``cluster_peers``
+    MDNS_AND_STATIC = "mdns+static"  #: both
+    NONE = "none"  #: no discovery: peers are added with ``EventBus.connect``
+
+
+class DeliveryMode(enum.StrEnum):
+    """Delivery guarantee between nodes."""
+
+    RELIABLE = "reliable"  #: sequence numbers, gap repair, ``$frys.gap`` on loss
+    FAST = "fast"  #: raw PUB/SUB, no sequencing
+
+
+def validate_name(value: object, what: str) -> str:
+    """Return ``value`` if it is a valid node id or cluster name, else raise ConfigError."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ConfigError(
+            f"{what} must be 1-31 letters, digits, '-' or '_', got {value!r}"
+        )
+    return value
+
+
+def default_node_id() -> str:
+    """Host name, pid and a random suffix, squeezed into the node-id grammar."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:12] or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"[:31]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventBusConfig:
+    """Configuration of one node. Keyword-only; see ``load`` for env and TOML."""
+
+    node_id: str = field(default_factory=default_node_id)
+    cluster: str = "default"
+    #: Address to bind sockets and announce on; ``None`` binds every address. The default
+    #: comes from ``FRYS_INTERFACE`` even without ``load``, so an environment that pins the
+    #: interface (a test session, a container) cannot be escaped by forgetting the argument.
+    interface: str | None = field(default_factory=lambda: os.environ.get("FRYS_INTERFACE") or None)
+    pub_port: int = 0  #: 0 picks an ephemeral port
+    router_port: int = 0
+    discovery_strategy: DiscoveryStrategy = DiscoveryStrategy.MDNS
+    #: ROUTER endpoints (``tcp://host:port``) for static discovery.
+    cluster_peers: tuple[str, ...] = ()
+    enable_distributed: bool = True
+    delivery: DeliveryMode = DeliveryMode.RELIABLE
+    heartbeat_interval: float = _timing.HEARTBEAT_INTERVAL
+    peer_ttl: float = _timing.PEER_TTL
+    max_concurrent_events: int = 1000
+    event_queue_size: int = 10_000
+    #: Events the publisher keeps in memory to answer NACKs.
+    retention_ring_size: int = 200_000
+    retention_ring_bytes: int = 256 * 1024 * 1024
+    enable_persistence: bool = False
+    data_dir: str | None = None
+    compression_enabled: bool = True
+    compression_threshold: int = 4096
+    monitoring_enabled: bool = True
+    request_timeout: float = _timing.REQUEST_TIMEOUT
+    #: ZeroMQ high-water marks (messages) on every socket.
+    send_hwm: int = 100_000
+    recv_hwm: int = 100_000
+    limits: Limits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        validate_name(self.node_id, "node_id")
+        validate_name(self.cluster, "cluster")
+        if self.interface is not None:
+            try:
+                ipaddress.IPv4Address(self.interface)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"interface must be an IPv4 address, got {self.interface!r}"
+                ) from exc
+        for name in ("pub_port", "router_port"):
+            port = getattr(self, name)
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be 0..65535, got {port!r}")
+        for name in ("heartbeat_interval", "peer_ttl", "request_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.peer_ttl <= self.heartbeat_interval:
+            raise ConfigError("peer_ttl must be longer than heartbeat_interval")
+        for name in (
+            "max_concurrent_events",
+            "event_queue_size",
+            "retention_ring_size",
+            "retention_ring_bytes",
+            "send_hwm",
+            "recv_hwm",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.compression_threshold, int) or self.compression_threshold < 0:
+            raise ConfigError("compression_threshold must be an int >= 0")
+        # Enums accept their string values too, which is what env and TOML give.
+        try:
+            object.__setattr__(
+                self, "discovery_strategy", DiscoveryStrategy(self.discovery_strategy)
+            )
+            object.__setattr__(self, "delivery", DeliveryMode(self.delivery))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "cluster_peers", tuple(self.cluster_peers))
+
+    @property
+    def bind_host(self) -> str:
+        """Address the sockets bind to."""
+        return self.interface or "0.0.0.0"
+
+    def replace(self, **changes: Any) -> EventBusConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> EventBusConfig:
+        """Build a config: ``overrides`` beat ``FRYS_*`` environment variables beat the TOML file.
+
+        The TOML file may hold the keys at top level or under ``[frys]``.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            section = data.get("frys", data)
+            if not isinstance(section, dict):
+                raise ConfigError("[frys] in the config file must be a table")
+            values.update(section)
+        values.update(_from_env(os.environ if env is None else env))
+        values.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(EventBusConfig):
+        raw = env.get(_ENV_PREFIX + f.name.upper())
+        if raw is not None and f.name != "limits":
+            out[f.name] = raw
+    return out
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False,
+         "no": False, "off": False}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn strings from env/TOML into the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(EventBusConfig)}
+    default = fields[name].default
+    if not isinstance(value, str):
+        if name == "cluster_peers" and isinstance(value, list):
+            return tuple(value)
+        if name == "limits" and isinstance(value, dict):
+            try:
+                return Limits(**value)
+            except TypeError as exc:
+                raise ConfigError(f"bad limits: {exc}") from exc
+        return value
+    try:
+        if isinstance(default, bool):
+            return _BOOL[value.strip().lower()]
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read {name}={value!r}") from exc
+    if name == "cluster_peers":
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if name in ("interface", "data_dir") and value == "":
+        return None
+    return value

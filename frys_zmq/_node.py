@@ -1,0 +1,840 @@
+"""The node driver: ZeroMQ sockets, discovery, heartbeats, repair and requests.
+
+Protocol decisions live in the I/O-free modules (``_wire``, ``_sequencing``, ``_peers``);
+this module moves bytes between them and the sockets. Everything runs on one event loop;
+the zmq.asyncio sockets are only touched from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psutil
+import zmq
+import zmq.asyncio
+
+from . import _timing
+from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig
+from ._discovery import Announcement, MdnsDiscovery, _primary_address
+from ._errors import DecodeError, FrysError, TransportError
+from ._peers import PeerInfo, PeerState, PeerTable
+from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
+from ._wire import (
+    CONTROL_TOPIC,
+    HEARTBEAT_TOPIC,
+    PROTOCOL_VERSION,
+    Header,
+    Kind,
+    check_frames,
+    decode_header,
+    encode_header,
+    pack_control,
+    split_topic,
+    topic_frame,
+    unpack_control,
+)
+
+__all__ = ["Node", "NodeCallbacks"]
+
+log = logging.getLogger("frys_zmq.node")
+
+_HB_FRAME = topic_frame(HEARTBEAT_TOPIC)
+_CTL_FRAME = topic_frame(CONTROL_TOPIC)
+# Messages kept for replay: the three frames as sent.
+Frames = tuple[bytes, bytes, bytes]
+
+
+@dataclass(slots=True)
+class NodeCallbacks:
+    """How the node hands work up to the bus."""
+
+    #: A remote event is ready for local delivery, in per-publisher order. May return an
+    #: awaitable when local queues are full (back-pressure on the socket reader).
+    deliver: Callable[[str, Header, bytes], Awaitable[None] | None]
+    #: Serve a request; returns (ok, payload bytes, flags).
+    serve: Callable[[str, Header, bytes], Awaitable[tuple[bool, bytes, int]]]
+    #: Publish a system event locally (``$frys.peer.joined`` ...).
+    system: Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class _Link:
+    """A DEALER to one peer's ROUTER."""
+
+    endpoint: str
+    socket: zmq.asyncio.Socket
+    node_id: str | None = None
+    hello_at: float = 0.0
+    static: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    incarnation: int
+    tracker: StreamTracker[Frames]
+
+
+@dataclass
+class NodeStats:
+    """Counters the node keeps; ``EventBus.get_metrics`` reports them."""
+
+    published: int = 0
+    received: int = 0
+    duplicates: int = 0
+    repaired: int = 0
+    gaps: int = 0
+    gap_events: int = 0
+    nacks_sent: int = 0
+    replays_served: int = 0
+    send_dropped: int = 0
+    late_replies: int = 0
+    unknown_source: int = 0
+    bad_messages: int = 0
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    """One mesh node. Created and driven by ``EventBus``."""
+
+    def __init__(self, config: EventBusConfig, callbacks: NodeCallbacks) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.incarnation = time.time_ns() // 1000
+        self._cb = callbacks
+        self._limits = config.limits
+        self._reliable = config.delivery is DeliveryMode.RELIABLE
+        self.seq = 0
+        self.stats = NodeStats()
+        self.peers = PeerTable(
+            heartbeat_interval=config.heartbeat_interval,
+            ttl=config.peer_ttl,
+            suspect_after=_timing.SUSPECT_AFTER_MISSED,
+        )
+        self._ring: RetentionRing[Frames] = RetentionRing(
+            config.retention_ring_size, config.retention_ring_bytes
+        )
+        self._streams: dict[str, _Stream] = {}
+        self._links: dict[str, _Link] = {}  # by ROUTER endpoint
+        self._served: set[str] = set()
+        self._pending: dict[str, asyncio.Future[tuple[Header, bytes]]] = {}
+        self._corr = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._peer_change = asyncio.Event()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._discovery: MdnsDiscovery | None = None
+        self._log_limiter: dict[tuple[str, str], float] = {}
+        self._process = psutil.Process(os.getpid())
+        self._closed = False
+        self.address = config.interface or "127.0.0.1"
+        self.pub_port = 0
+        self.router_port = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._ctx = zmq.asyncio.Context()
+        try:
+            self._pub = self._socket(zmq.PUB)
+            self._pub.setsockopt(zmq.LINGER, 200)
+            self.pub_port = self._bind(self._pub, cfg.pub_port)
+            self._router = self._socket(zmq.ROUTER)
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._router.setsockopt(zmq.LINGER, 200)
+            self.router_port = self._bind(self._router, cfg.router_port)
+            self._sub = self._socket(zmq.SUB)
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        except zmq.ZMQError as exc:
+            self._ctx.destroy(linger=0)
+            raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
+        # Plain (non-asyncio) views of the same sockets for non-blocking hot-path I/O.
+        self._pub_sync = zmq.Socket.shadow(self._pub.underlying)
+        self._sub_sync = zmq.Socket.shadow(self._sub.underlying)
+        self._router_sync = zmq.Socket.shadow(self._router.underlying)
+        if cfg.interface is None:
+            self.address = _primary_address()
+        self._spawn(self._sub_loop(), "sub")
+        self._spawn(self._router_loop(), "router")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._maintenance_loop(), "maintenance")
+        strategy = cfg.discovery_strategy
+        if strategy in (DiscoveryStrategy.STATIC, DiscoveryStrategy.MDNS_AND_STATIC):
+            for endpoint in cfg.cluster_peers:
+                self._link(endpoint, static=True)
+        if strategy in (DiscoveryStrategy.MDNS, DiscoveryStrategy.MDNS_AND_STATIC):
+            self._discovery = MdnsDiscovery(
+                interface=cfg.interface,
+                on_found=self.consider,
+                on_removed=None,
+                cluster=cfg.cluster,
+            )
+            try:
+                await self._discovery.start(self.announcement())
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ctx is None:
+            return
+        try:
+            self._send_pub(
+                _HB_FRAME,
+                encode_header(Kind.BYE, self.node_id, self.incarnation, self.seq, time.time_ns()),
+                b"",
+            )
+        except Exception:
+            log.debug("BYE not sent", exc_info=True)
+        if self._discovery is not None:
+            await self._discovery.aclose()
+        tasks = list(self._tasks) + [
+            link.task for link in self._links.values() if link.task is not None
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        for link in self._links.values():
+            link.socket.close(linger=0)
+        self._links.clear()
+        for sock in (self._sub, self._router, self._pub):
+            sock.close()
+        ctx, self._ctx = self._ctx, None
+        # term() waits for LINGER so queued BYEs and replies leave; keep it off the loop.
+        await asyncio.to_thread(ctx.term)
+
+    # ------------------------------------------------------------------ public surface
+
+    def announcement(self) -> Announcement:
+        return Announcement(
+            self.node_id,
+            self.config.cluster,
+            self.address,
+            self.pub_port,
+            self.router_port,
+            PROTOCOL_VERSION,
+            self.incarnation,
+        )
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def send_event(self, tframe: bytes, header: bytes, payload: bytes, seq: int) -> None:
+        """Send one encoded event on PUB and keep it for replay."""
+        frames = (tframe, header, payload)
+        if self._reliable:
+            self._ring.add(seq, frames, len(header) + len(payload) + len(tframe))
+        self._send_pub(tframe, header, payload)
+        self.stats.published += 1
+
+    def set_served(self, topics: set[str]) -> None:
+        """Topics this node answers requests for; peers learn them at once."""
+        self._served = set(topics)
+        if self._ctx is not None and not self._closed:
+            self._send_heartbeat()
+
+    def ready_peers(self) -> list[PeerInfo]:
+        return [p for p in self.peers if p.ready]
+
+    async def wait_for_peers(self, n: int, timeout: float) -> list[PeerInfo]:
+        async with asyncio.timeout(timeout):
+            while True:
+                ready = self.ready_peers()
+                if len(ready) >= n:
+                    return ready
+                self._peer_change.clear()
+                await self._peer_change.wait()
+
+    def connect(self, endpoint: str) -> None:
+        """Add a peer by its ROUTER endpoint (static discovery at run time)."""
+        self._link(endpoint, static=True)
+
+    def servers_of(self, topic: str) -> list[PeerInfo]:
+        from ._topics import pattern_matches
+
+        return [
+            p
+            for p in self.peers
+            if p.state is not PeerState.CONNECTING
+            and (topic in p.served or any(pattern_matches(s, topic) for s in p.served))
+        ]
+
+    async def request(
+        self, peer: PeerInfo, topic: str, payload: bytes, flags: int,
+        metadata: dict[str, Any] | None, timeout: float,
+    ) -> tuple[Header, bytes]:
+        """Send a request to ``peer``; wait for its reply (raises TimeoutError)."""
+        link = self._link_of(peer.node_id)
+        if link is None:
+            raise TransportError(f"no link to {peer.node_id}")
+        corr = f"{self.incarnation:x}.{next(self._corr)}"
+        fut: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = fut
+        header = encode_header(
+            Kind.REQUEST, self.node_id, self.incarnation, 0, time.time_ns(), metadata, flags,
+            correlation_id=corr,
+        )
+        try:
+            self._send_link(link, topic_frame(topic), header, payload)
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._pending.pop(corr, None)
+
+    def load(self) -> float:
+        return float(self._process.cpu_percent(None))
+
+    # ------------------------------------------------------------------ sockets
+
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        assert self._ctx is not None
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.recv_hwm)
+        if kind != zmq.PUB:
+            sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
+        return sock
+
+    def _bind(self, sock: zmq.asyncio.Socket, port: int) -> int:
+        host = self.config.bind_host
+        if port:
+            sock.bind(f"tcp://{host}:{port}")
+            return port
+        return int(sock.bind_to_random_port(f"tcp://{host}"))
+
+    def _send_pub(self, tframe: bytes, header: bytes, payload: bytes) -> None:
+        try:
+            self._pub_sync.send_multipart((tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+        except zmq.Again:
+            # PUB never blocks; EAGAIN only with XPUB_NODROP-like setups. Count it.
+            self.stats.send_dropped += 1
+
+    def _send_link(self, link: _Link, tframe: bytes, header: bytes, payload: bytes) -> None:
+        try:
+            link.socket.send_multipart((tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+        except zmq.Again:
+            self.stats.send_dropped += 1
+            raise TransportError(f"send queue to {link.node_id or link.endpoint} is full") from None
+
+    def _reply(self, ident: bytes, tframe: bytes, header: bytes, payload: bytes) -> bool:
+        try:
+            self._router_sync.send_multipart((ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+            return True
+        except zmq.ZMQError as exc:  # EAGAIN (full) or EHOSTUNREACH (gone)
+            self.stats.send_dropped += 1
+            log.debug("reply dropped: %s", exc)
+            return False
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"frys-{self.node_id}-{name}")  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node task %s died", task.get_name(), exc_info=task.exception())
+
+    def _bad(self, who: str, reason: str, exc: BaseException | None = None) -> None:
+        """Count and (rate-limited) log a message we had to drop."""
+        self.stats.bad_messages += 1
+        self.stats.bad_by_reason[reason] = self.stats.bad_by_reason.get(reason, 0) + 1
+        key = (who, reason)
+        now = time.monotonic()
+        if now - self._log_limiter.get(key, -1e9) >= 5.0:
+            self._log_limiter[key] = now
+            log.warning("dropped bad message from %s: %s (%s)", who, reason, exc)
+
+    # ------------------------------------------------------------------ SUB: events and heartbeats
+
+    async def _sub_loop(self) -> None:
+        sub, sync = self._sub, self._sub_sync
+        limits = self._limits
+        while True:
+            frames = await sub.recv_multipart()
+            batch = [frames]
+            # Drain what is already queued without going back to the event loop.
+            while len(batch) < 512:
+                try:
+                    batch.append(sync.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                try:
+                    check_frames(frames, limits)
+                    topic = split_topic(frames[0])
+                    header = decode_header(frames[1], limits)
+                except DecodeError as exc:
+                    self._bad("sub", type(exc).__name__, exc)
+                    continue
+                kind = header.kind
+                if kind == Kind.EVENT:
+                    pending = self._on_event(topic, header, frames, replayed=False)
+                    if pending is not None:
+                        await pending
+                elif kind == Kind.HEARTBEAT:
+                    self._on_heartbeat(header, frames[2])
+                elif kind == Kind.BYE:
+                    self._on_bye(header)
+                else:
+                    self._bad(header.source, f"kind {kind} on SUB")
+
+    def _on_event(
+        self, topic: str, header: Header, frames: list[bytes] | Frames, *, replayed: bool
+    ) -> Awaitable[None] | None:
+        """Sequence one event and deliver what became deliverable."""
+        self.stats.received += 1
+        stream = self._streams.get(header.source)
+        if stream is None or stream.incarnation != header.incarnation:
+            self.stats.unknown_source += 1
+            return None
+        self.peers.heard(header.source, time.monotonic())
+        if not self._reliable:
+            return self._cb.deliver(topic, header, frames[2])
+        ready = stream.tracker.offer(header.seq, (frames[0], frames[1], frames[2]), replayed=replayed)
+        if not ready:
+            return None
+        if len(ready) == 1 and ready[0][1] is frames[1]:
+            return self._cb.deliver(topic, header, frames[2])
+        return self._deliver_many(ready)
+
+    def _deliver_many(self, ready: list[Frames]) -> Awaitable[None] | None:
+        waits: list[Awaitable[None]] = []
+        for tframe, hbytes, payload in ready:
+            try:
+                header = decode_header(hbytes, self._limits)
+                topic = split_topic(tframe)
+            except DecodeError:  # already decoded once; cannot fail, but stay safe
+                continue
+            if waits:
+                # Keep order: once one delivery must wait, the rest wait behind it.
+                waits.append(self._deliver_later(topic, header, payload))
+                continue
+            pending = self._cb.deliver(topic, header, payload)
+            if pending is not None:
+                waits.append(pending)
+        if not waits:
+            return None
+        return self._await_all(waits)
+
+    async def _deliver_later(self, topic: str, header: Header, payload: bytes) -> None:
+        pending = self._cb.deliver(topic, header, payload)
+        if pending is not None:
+            await pending
+
+    @staticmethod
+    async def _await_all(waits: list[Awaitable[None]]) -> None:
+        for w in waits:
+            await w
+
+    def _on_heartbeat(self, header: Header, payload: bytes) -> None:
+        peer = self.peers.heard(header.source, time.monotonic())
+        if peer is None:
+            return
+        if peer.incarnation != header.incarnation:
+            # Same id, new process on the same endpoint (fixed ports): start over.
+            self._drop_peer(peer, "restarted")
+            return
+        try:
+            body = unpack_control(payload, self._limits)
+            served = body.get("served", [])
+            peer.served = frozenset(s for s in served if isinstance(s, str))
+            peer.load = float(body.get("load", 0.0))
+        except (DecodeError, AttributeError, TypeError, ValueError) as exc:
+            self._bad(header.source, "heartbeat body", exc)
+        peer.last_seq = header.seq
+        if not peer.receiving:
+            peer.receiving = True
+            self._send_ready(peer)
+            self._peer_change.set()
+        stream = self._streams.get(header.source)
+        if stream is not None and stream.incarnation == header.incarnation:
+            stream.tracker.observe_last(header.seq)
+
+    def _on_bye(self, header: Header) -> None:
+        peer = self.peers.get(header.source)
+        if peer is not None and peer.incarnation == header.incarnation:
+            stream = self._streams.get(header.source)
+            if stream is not None:
+                stream.tracker.observe_last(header.seq)
+            self._drop_peer(peer, "left")
+
+    # ------------------------------------------------------------------ ROUTER: requests, HELLO, NACK
+
+    async def _router_loop(self) -> None:
+        router, sync = self._router, self._router_sync
+        limits = self._limits
+        while True:
+            frames = await router.recv_multipart()
+            batch = [frames]
+            while len(batch) < 256:
+                try:
+                    batch.append(sync.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                ident = frames[0]
+                body = frames[1:]
+                who = f"router:{ident.hex()}"
+                try:
+                    check_frames(body, limits)
+                    topic = split_topic(body[0])
+                    header = decode_header(body[1], limits)
+                except DecodeError as exc:
+                    self._bad(who, type(exc).__name__, exc)
+                    continue
+                try:
+                    self._on_router(ident, topic, header, body)
+                except DecodeError as exc:
+                    self._bad(header.source, type(exc).__name__, exc)
+
+    def _on_router(self, ident: bytes, topic: str, header: Header, body: list[bytes]) -> None:
+        kind = header.kind
+        if kind == Kind.REQUEST:
+            self._spawn(self._serve(ident, topic, header, body[2]), "request")
+        elif kind == Kind.NACK:
+            self._serve_nack(ident, header, body[2])
+        elif kind == Kind.HELLO:
+            self._serve_hello(ident, header, body[2])
+        elif kind == Kind.READY:
+            peer = self.peers.get(header.source)
+            if peer is not None and peer.incarnation == header.incarnation and not peer.sending:
+                peer.sending = True
+                self._peer_change.set()
+        else:
+            self._bad(header.source, f"kind {kind} on ROUTER")
+
+    async def _serve(self, ident: bytes, topic: str, header: Header, payload: bytes) -> None:
+        ok, data, flags = await self._cb.serve(topic, header, payload)
+        reply = encode_header(
+            Kind.REPLY, self.node_id, self.incarnation, 0, time.time_ns(), None, flags,
+            content_type=None if ok else "frys/error", correlation_id=header.correlation_id,
+        )
+        self._reply(ident, topic_frame(topic), reply, data)
+
+    def _serve_hello(self, ident: bytes, header: Header, payload: bytes) -> None:
+        body = unpack_control(payload, self._limits)
+        if not isinstance(body, dict):
+            raise DecodeError("HELLO body must be a map")
+        cluster = body.get("cluster")
+        reply_body: dict[str, Any] = {
+            "cluster": self.config.cluster,
+            "pub": self.pub_port,
+            "rtr": self.router_port,
+            "addr": self.address,
+            "v": PROTOCOL_VERSION,
+            "served": sorted(self._served),
+        }
+        if cluster != self.config.cluster:
+            reply_body["error"] = f"cluster mismatch: this node is in {self.config.cluster!r}"
+        elif header.source == self.node_id:
+            reply_body["error"] = "node id in use"
+        hdr = encode_header(
+            Kind.HELLO_REPLY, self.node_id, self.incarnation, self.seq, time.time_ns(),
+            correlation_id=header.correlation_id,
+        )
+        self._reply(ident, _CTL_FRAME, hdr, pack_control(reply_body))
+        if "error" in reply_body:
+            return
+        # A peer that found us first (static discovery) tells us where it is.
+        try:
+            ann = Announcement(
+                header.source, str(cluster), str(body["addr"]), int(body["pub"]),
+                int(body["rtr"]), int(body.get("v", 0)), header.incarnation,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"HELLO body incomplete: {exc}") from exc
+        self.consider(ann)
+
+    def _serve_nack(self, ident: bytes, header: Header, payload: bytes) -> None:
+        body = unpack_control(payload, self._limits)
+        if not (isinstance(body, list) and len(body) == 2 and all(type(x) is int for x in body)):
+            raise DecodeError("NACK body must be [first, last]")
+        first, last = body
+        last = min(last, self.seq, first + _timing.NACK_MAX_RANGE - 1)
+        oldest = self._ring.oldest or (self.seq + 1)
+        for seq in range(max(first, oldest), last + 1):
+            frames = self._ring.get(seq)
+            if frames is None:
+                continue
+            if not self._reply(ident, *frames):
+                break  # the peer's queue is full; it will ask again
+            self.stats.replays_served += 1
+        end = encode_header(Kind.REPLAY_END, self.node_id, self.incarnation, self.seq, time.time_ns())
+        self._reply(ident, _CTL_FRAME, end, pack_control([first, last, oldest]))
+
+    # ------------------------------------------------------------------ DEALER links
+
+    def _link(self, endpoint: str, *, static: bool = False, node_id: str | None = None) -> _Link:
+        link = self._links.get(endpoint)
+        if link is not None:
+            return link
+        sock = self._socket(zmq.DEALER)
+        sock.connect(endpoint)
+        link = _Link(endpoint, sock, node_id=node_id, static=static)
+        self._links[endpoint] = link
+        link.task = asyncio.get_running_loop().create_task(
+            self._link_loop(link), name=f"frys-{self.node_id}-link-{endpoint}"
+        )
+        self._send_hello(link)
+        return link
+
+    def _close_link(self, link: _Link) -> None:
+        self._links.pop(link.endpoint, None)
+        if link.task is not None:
+            link.task.cancel()
+        link.socket.close(linger=0)
+
+    def _link_of(self, node_id: str) -> _Link | None:
+        for link in self._links.values():
+            if link.node_id == node_id:
+                return link
+        return None
+
+    def _send_hello(self, link: _Link) -> None:
+        link.hello_at = time.monotonic()
+        hdr = encode_header(Kind.HELLO, self.node_id, self.incarnation, self.seq, time.time_ns())
+        body = pack_control({
+            "cluster": self.config.cluster, "pub": self.pub_port, "rtr": self.router_port,
+            "addr": self.address, "v": PROTOCOL_VERSION,
+        })
+        try:
+            self._send_link(link, _CTL_FRAME, hdr, body)
+        except TransportError:
+            pass  # retried by the maintenance loop
+
+    def _send_ready(self, peer: PeerInfo) -> None:
+        link = self._link_of(peer.node_id)
+        if link is None:
+            return
+        hdr = encode_header(Kind.READY, self.node_id, self.incarnation, self.seq, time.time_ns())
+        try:
+            self._send_link(link, _CTL_FRAME, hdr, b"")
+        except TransportError:
+            pass
+
+    async def _link_loop(self, link: _Link) -> None:
+        sock = link.socket
+        limits = self._limits
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                check_frames(frames, limits)
+                topic = split_topic(frames[0])
+                header = decode_header(frames[1], limits)
+            except DecodeError as exc:
+                self._bad(f"dealer:{link.endpoint}", type(exc).__name__, exc)
+                continue
+            try:
+                kind = header.kind
+                if kind == Kind.EVENT:  # a replayed event
+                    pending = self._on_event(topic, header, frames, replayed=True)
+                    if pending is not None:
+                        await pending
+                elif kind == Kind.REPLAY_END:
+                    self._on_replay_end(header, frames[2])
+                elif kind == Kind.REPLY:
+                    self._on_reply(header, frames[2])
+                elif kind == Kind.HELLO_REPLY:
+                    self._on_hello_reply(link, header, frames[2])
+                else:
+                    self._bad(header.source, f"kind {kind} on DEALER")
+            except DecodeError as exc:
+                self._bad(header.source, type(exc).__name__, exc)
+
+    def _on_reply(self, header: Header, payload: bytes) -> None:
+        fut = self._pending.get(header.correlation_id or "")
+        if fut is None or fut.done():
+            self.stats.late_replies += 1
+            return
+        fut.set_result((header, payload))
+
+    def _on_hello_reply(self, link: _Link, header: Header, payload: bytes) -> None:
+        body = unpack_control(payload, self._limits)
+        if not isinstance(body, dict):
+            raise DecodeError("HELLO reply must be a map")
+        if "error" in body:
+            log.warning("peer %s at %s refused us: %s", header.source, link.endpoint, body["error"])
+            return
+        if body.get("cluster") != self.config.cluster or header.source == self.node_id:
+            return
+        try:
+            served = frozenset(s for s in body.get("served", []) if isinstance(s, str))
+            ann = Announcement(
+                header.source, self.config.cluster, str(body["addr"]), int(body["pub"]),
+                int(body["rtr"]), int(body["v"]), header.incarnation,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"HELLO reply incomplete: {exc}") from exc
+        if ann.version // 100 != PROTOCOL_VERSION // 100:
+            return
+        old = self.peers.get(ann.node_id)
+        if old is not None:
+            if old.incarnation == ann.incarnation and old.state is not PeerState.CONNECTING:
+                return  # a repeated reply
+            if old.incarnation != ann.incarnation:
+                self._drop_peer(old, "restarted", keep_link=link)
+        link.node_id = ann.node_id
+        now = time.monotonic()
+        peer = PeerInfo(
+            node_id=ann.node_id, cluster=ann.cluster, address=ann.address,
+            pub_port=ann.pub_port, router_port=ann.router_port, version=ann.version,
+            incarnation=ann.incarnation, state=PeerState.ALIVE, first_seen=now, last_seen=now,
+            served=served, last_seq=header.seq,
+        )
+        self.peers.add(peer)
+        self._streams[ann.node_id] = _Stream(ann.incarnation, StreamTracker(header.seq + 1))
+        self._sub.connect(peer.pub_endpoint)
+        self._peer_change.set()
+        self._cb.system("$frys.peer.joined", _peer_dict(peer))
+
+    def _on_replay_end(self, header: Header, payload: bytes) -> None:
+        body = unpack_control(payload, self._limits)
+        if not (isinstance(body, list) and len(body) == 3 and all(type(x) is int for x in body)):
+            raise DecodeError("REPLAY_END body must be [first, last, oldest]")
+        stream = self._streams.get(header.source)
+        if stream is None or stream.incarnation != header.incarnation:
+            return
+        stream.tracker.observe_last(header.seq)
+        gap = stream.tracker.replay_done(body[0], body[1], body[2])
+        if gap is not None:
+            self._report_gap(header.source, stream, gap)
+
+    # ------------------------------------------------------------------ membership
+
+    def consider(self, ann: Announcement) -> None:
+        """A node was announced (mDNS or HELLO): connect if it is new to us."""
+        if self._closed or ann.node_id == self.node_id or ann.cluster != self.config.cluster:
+            return
+        peer = self.peers.get(ann.node_id)
+        endpoint = f"tcp://{ann.address}:{ann.router_port}"
+        if peer is not None:
+            if peer.incarnation == ann.incarnation:
+                return
+            if ann.incarnation < peer.incarnation:
+                return  # a stale announcement of an older process
+            self._drop_peer(peer, "restarted")
+        link = self._links.get(endpoint)
+        if link is not None and link.node_id not in (None, ann.node_id):
+            self._close_link(link)  # the endpoint now belongs to someone else
+            link = None
+        if link is None:
+            self._link(endpoint, node_id=None)
+        else:
+            self._send_hello(link)
+
+    def _drop_peer(self, peer: PeerInfo, reason: str, keep_link: _Link | None = None) -> None:
+        self.peers.remove(peer.node_id)
+        stream = self._streams.pop(peer.node_id, None)
+        if stream is not None:
+            gap = stream.tracker.abandon()
+            if gap is not None:
+                self._report_gap(peer.node_id, stream, gap)
+        try:
+            self._sub.disconnect(peer.pub_endpoint)
+        except zmq.ZMQError:
+            pass
+        link = self._link_of(peer.node_id)
+        if link is not None and link is not keep_link:
+            if link.static:
+                link.node_id = None  # keep probing a static endpoint
+            else:
+                self._close_link(link)
+        for corr, fut in list(self._pending.items()):
+            if not fut.done() and getattr(fut, "_frys_peer", None) == peer.node_id:
+                fut.cancel()
+        self._peer_change.set()
+        info = _peer_dict(peer)
+        info["reason"] = reason
+        self._cb.system("$frys.peer.left", info)
+
+    def _report_gap(self, source: str, stream: _Stream, gap: Gap) -> None:
+        released = stream.tracker.skip(gap)
+        count = gap.last - gap.first + 1
+        self.stats.gaps += count
+        self.stats.gap_events += 1
+        log.warning("lost events %d..%d from %s: %s", gap.first, gap.last, source, gap.reason)
+        self._cb.system(
+            "$frys.gap",
+            {"publisher": source, "incarnation": stream.incarnation, "first": gap.first,
+             "last": gap.last, "count": count, "reason": gap.reason},
+        )
+        if released:
+            pending = self._deliver_many(released)
+            if pending is not None:
+                self._spawn(pending, "deliver-after-gap")  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ timers
+
+    def _send_heartbeat(self) -> None:
+        hdr = encode_header(Kind.HEARTBEAT, self.node_id, self.incarnation, self.seq, time.time_ns())
+        body = pack_control({"served": sorted(self._served), "load": self.load()})
+        self._send_pub(_HB_FRAME, hdr, body)
+
+    async def _heartbeat_loop(self) -> None:
+        self.load()  # prime psutil's cpu_percent
+        while True:
+            self._send_heartbeat()
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _maintenance_loop(self) -> None:
+        interval = min(_timing.MAINTENANCE_INTERVAL, self.config.heartbeat_interval / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            _, expired = self.peers.sweep(now)
+            for peer in expired:
+                self.peers.add(peer)  # _drop_peer removes it again, with bookkeeping
+                self._drop_peer(peer, "expired")
+            if self._reliable:
+                for source, stream in list(self._streams.items()):
+                    action = stream.tracker.poll(now)
+                    if isinstance(action, Nack):
+                        self._send_nack(source, stream, action)
+                    elif isinstance(action, Gap):
+                        self._report_gap(source, stream, action)
+            for link in list(self._links.values()):
+                if link.node_id is None and now - link.hello_at > _timing.HELLO_RETRY:
+                    self._send_hello(link)
+
+    def _send_nack(self, source: str, stream: _Stream, nack: Nack) -> None:
+        link = self._link_of(source)
+        if link is None:
+            return
+        hdr = encode_header(Kind.NACK, self.node_id, self.incarnation, 0, time.time_ns())
+        try:
+            self._send_link(link, _CTL_FRAME, hdr, pack_control([nack.first, nack.last]))
+            self.stats.nacks_sent += 1
+        except TransportError:
+            pass  # asked again after the NACK timeout
+
+
+def _peer_dict(peer: PeerInfo) -> dict[str, Any]:
+    return {
+        "node_id": peer.node_id, "cluster": peer.cluster, "address": peer.address,
+        "pub_port": peer.pub_port, "router_port": peer.router_port,
+        "incarnation": peer.incarnation,
+    }
+
+
+def copy_peer(peer: PeerInfo) -> PeerInfo:
+    return replace(peer, extra=dict(peer.extra))
+
+
+_ = FrysError

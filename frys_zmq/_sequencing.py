@@ -1,0 +1,222 @@
+"""Per-publisher sequencing: order, duplicates, gaps and their repair. No I/O.
+
+A subscriber node keeps one ``StreamTracker`` per live publisher incarnation. Events are
+offered as they arrive (from SUB or from a replay); the tracker hands back the ones that
+may be delivered now, in sequence order, and says which range to NACK or give up on.
+The publisher side keeps a ``RetentionRing`` of its recent messages to answer NACKs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from . import _timing
+
+__all__ = ["Gap", "Nack", "RetentionRing", "StreamTracker"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Ask the publisher to replay ``first..last`` (inclusive)."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """``first..last`` (inclusive) cannot be recovered."""
+
+    first: int
+    last: int
+    reason: str
+
+
+class StreamTracker(Generic[T]):
+    """Sequence state of one publisher incarnation as seen by one subscriber node."""
+
+    __slots__ = (
+        "_attempts",
+        "_max_pending",
+        "_max_range",
+        "_nack_deadline",
+        "_outstanding",
+        "_pending",
+        "duplicates",
+        "gaps",
+        "known_last",
+        "next_seq",
+        "repaired",
+    )
+
+    def __init__(
+        self,
+        next_seq: int,
+        *,
+        max_pending: int = 100_000,
+        max_range: int = _timing.NACK_MAX_RANGE,
+    ) -> None:
+        #: The next sequence number that may be delivered.
+        self.next_seq = next_seq
+        #: Highest sequence number the publisher is known to have sent.
+        self.known_last = next_seq - 1
+        self._pending: dict[int, T] = {}
+        self._max_pending = max_pending
+        self._max_range = max_range
+        self._outstanding: Nack | None = None
+        self._nack_deadline = 0.0
+        self._attempts = 0
+        self.duplicates = 0
+        self.gaps = 0
+        self.repaired = 0
+
+    @property
+    def pending(self) -> int:
+        """Events held back because an earlier one is missing."""
+        return len(self._pending)
+
+    @property
+    def in_gap(self) -> bool:
+        return self.known_last >= self.next_seq
+
+    def offer(self, seq: int, item: T, *, replayed: bool = False) -> list[T]:
+        """Take one event; return the events now deliverable, in order."""
+        if seq == self.next_seq and not self._pending:
+            # The common case: in order, nothing held back.
+            self.next_seq = seq + 1
+            if seq > self.known_last:
+                self.known_last = seq
+            if replayed:
+                self.repaired += 1
+            return [item]
+        if seq < self.next_seq or seq in self._pending:
+            self.duplicates += 1
+            return []
+        if seq > self.known_last:
+            self.known_last = seq
+        if replayed:
+            self.repaired += 1
+        if seq != self.next_seq:
+            # Out of order: hold it if there is room; otherwise it is asked for again later.
+            if len(self._pending) < self._max_pending:
+                self._pending[seq] = item
+            return []
+        self.next_seq = seq + 1
+        return [item, *self._drain()]
+
+    def observe_last(self, last_seq: int) -> None:
+        """The publisher says it has sent up to ``last_seq`` (heartbeats, replay ends)."""
+        if last_seq > self.known_last:
+            self.known_last = last_seq
+
+    def poll(self, now: float, timeout: float = _timing.NACK_TIMEOUT,
+             attempts: int = _timing.NACK_ATTEMPTS) -> Nack | Gap | None:
+        """What to do about a gap now: send a NACK, give up on a range, or nothing."""
+        if not self.in_gap:
+            self._outstanding = None
+            self._attempts = 0
+            return None
+        first = self.next_seq
+        if self._outstanding is not None:
+            if self._outstanding.first == first and now < self._nack_deadline:
+                return None
+            if self._outstanding.first == first:
+                self._attempts += 1
+            else:
+                self._attempts = 0
+        if self._attempts >= attempts:
+            self._attempts = 0
+            self._outstanding = None
+            return Gap(first, self._missing_end(), "publisher did not answer the NACK")
+        nack = Nack(first, min(self._missing_end(), first + self._max_range - 1))
+        self._outstanding = nack
+        self._nack_deadline = now + timeout
+        return nack
+
+    def replay_done(self, first: int, last: int, oldest_available: int) -> Gap | None:
+        """The publisher has answered a NACK for ``first..last``.
+
+        Sequence numbers below ``oldest_available`` are gone from its ring and log; if the
+        stream still waits for one of them, that range is a gap.
+        """
+        if self._outstanding is not None and self._outstanding.first == first:
+            self._outstanding = None
+            self._attempts = 0
+        if self.next_seq < oldest_available and self.next_seq <= last:
+            return Gap(self.next_seq, min(oldest_available - 1, self._missing_end()),
+                       "no longer retained by the publisher")
+        return None
+
+    def skip(self, gap: Gap) -> list[T]:
+        """Give up on ``gap``: move past it and return what became deliverable."""
+        if gap.last < self.next_seq:
+            return []
+        self.gaps += gap.last - max(gap.first, self.next_seq) + 1
+        self.next_seq = gap.last + 1
+        for seq in [s for s in self._pending if s < self.next_seq]:
+            del self._pending[seq]
+        return self._drain()
+
+    def abandon(self) -> Gap | None:
+        """The publisher is gone: whatever is still missing is a gap."""
+        if not self.in_gap:
+            return None
+        return Gap(self.next_seq, self.known_last, "publisher expired")
+
+    def _missing_end(self) -> int:
+        """Last seq of the first missing run."""
+        if self._pending:
+            nxt = min(self._pending)
+            if nxt > self.next_seq:
+                return nxt - 1
+        return self.known_last
+
+    def _drain(self) -> list[T]:
+        out: list[T] = []
+        pending = self._pending
+        seq = self.next_seq
+        while seq in pending:
+            out.append(pending.pop(seq))
+            seq += 1
+        self.next_seq = seq
+        return out
+
+
+class RetentionRing(Generic[T]):
+    """The publisher's recent messages by seq, bounded by count and bytes."""
+
+    __slots__ = ("_bytes", "_items", "max_bytes", "max_items")
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, tuple[int, T]] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, seq: int, item: T, size: int) -> None:
+        self._items[seq] = (size, item)
+        self._bytes += size
+        while len(self._items) > self.max_items or (
+            self._bytes > self.max_bytes and len(self._items) > 1
+        ):
+            _, (old_size, _) = self._items.popitem(last=False)
+            self._bytes -= old_size
+
+    def get(self, seq: int) -> T | None:
+        entry = self._items.get(seq)
+        return None if entry is None else entry[1]
+
+    @property
+    def oldest(self) -> int | None:
+        return next(iter(self._items), None)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,26 @@
+"""Timing constants in one place, so tests and the config can shorten them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Default seconds between heartbeats.
+HEARTBEAT_INTERVAL: Final = 1.0
+#: A peer missing this many beats in a row is *suspect*.
+SUSPECT_AFTER_MISSED: Final = 3
+#: Default seconds of silence after which a peer is *expired*.
+PEER_TTL: Final = 5.0
+#: Seconds to wait for a HELLO reply before asking again.
+HELLO_RETRY: Final = 0.5
+#: Seconds an outstanding NACK may stay unanswered before it is sent again.
+NACK_TIMEOUT: Final = 0.5
+#: How many times a NACK is repeated before the range is declared lost.
+NACK_ATTEMPTS: Final = 6
+#: Most events asked for in one NACK; keeps replay bursts under the socket HWMs.
+NACK_MAX_RANGE: Final = 2048
+#: Default timeout for ``EventBus.request``.
+REQUEST_TIMEOUT: Final = 5.0
+#: Seconds the zeroconf service lookup may take for one announced peer.
+MDNS_LOOKUP_TIMEOUT: Final = 3.0
+#: How often the maintenance loop looks at peers and repair timers.
+MAINTENANCE_INTERVAL: Final = 0.1

@@ -1,0 +1,240 @@
+"""Wire format: multipart ``[topic\\0, header, payload]`` and the MessagePack header.
+
+No I/O here: plain functions from values to frames and back, so they are tested without
+sockets. The header is a MessagePack array whose first element is the protocol version.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from ._errors import BadFrame, DecodeError, LimitExceeded, MessageTooLarge, UnknownProtocolVersion
+from ._limits import Limits
+
+__all__ = [
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_VERSION",
+    "Header",
+    "Kind",
+    "decode_header",
+    "encode_header",
+    "split_topic",
+    "topic_frame",
+]
+
+#: Protocol version in every header: major * 100 + minor. Majors do not interoperate.
+PROTOCOL_VERSION: Final = 100
+PROTOCOL_MAJOR: Final = PROTOCOL_VERSION // 100
+
+HEARTBEAT_TOPIC: Final = "$frys.hb"
+CONTROL_TOPIC: Final = "$frys.ctl"
+
+
+class Kind(enum.IntEnum):
+    """What a message is."""
+
+    EVENT = 1
+    HEARTBEAT = 2
+    HELLO = 3
+    HELLO_REPLY = 4
+    REQUEST = 5
+    REPLY = 6
+    NACK = 7
+    REPLAY = 8
+    REPLAY_END = 9
+    READY = 10
+    BYE = 11
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+_FIELDS: Final = 12
+
+
+@dataclass(slots=True)
+class Header:
+    """Decoded header of one message. Field order is the wire order after the version."""
+
+    kind: int
+    source: str
+    incarnation: int
+    seq: int
+    timestamp_ns: int
+    metadata: Mapping[str, Any] | None = None
+    flags: int = 0
+    content_type: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    trace: str | None = None
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+# Everything msgpack raises on hostile input: its own errors and limit breaches are
+# ValueErrors; unhashable or odd map keys give TypeError; huge ints OverflowError.
+_MSGPACK_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+def encode_header(
+    kind: int,
+    source: str,
+    incarnation: int,
+    seq: int,
+    timestamp_ns: int,
+    metadata: Mapping[str, Any] | None = None,
+    flags: int = 0,
+    content_type: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    trace: str | None = None,
+) -> bytes:
+    """Pack one header. Metadata must be MessagePack-able (str keys recommended)."""
+    try:
+        return _packer.pack(
+            (
+                PROTOCOL_VERSION,
+                kind,
+                source,
+                incarnation,
+                seq,
+                timestamp_ns,
+                metadata,
+                flags,
+                content_type,
+                correlation_id,
+                reply_to,
+                trace,
+            )
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        _packer.reset()
+        from ._errors import EncodeError
+
+        raise EncodeError(f"header cannot be encoded: {exc}") from exc
+
+
+def decode_header(data: bytes, limits: Limits) -> Header:
+    """Unpack and check one header; raises only ``DecodeError`` subclasses."""
+    if len(data) > limits.max_header_bytes:
+        raise MessageTooLarge(len(data), limits.max_header_bytes, "header")
+    try:
+        fields = msgpack.unpackb(
+            data,
+            use_list=True,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_header_bytes,
+            max_bin_len=limits.max_header_bytes,
+            max_array_len=4096,
+            max_map_len=4096,
+            max_ext_len=limits.max_header_bytes,
+        )
+    except _MSGPACK_ERRORS as exc:  # ExtraData, FormatError, StackError, limits: ValueErrors
+        raise DecodeError(f"header is not valid MessagePack: {exc!r}") from exc
+    if not isinstance(fields, list) or not fields:
+        raise BadFrame("header must be a non-empty MessagePack array")
+    version = fields[0]
+    if type(version) is not int or version // 100 != PROTOCOL_MAJOR:
+        raise UnknownProtocolVersion(version)
+    if len(fields) < _FIELDS:
+        raise BadFrame(f"header has {len(fields)} fields, expected {_FIELDS}")
+    # Newer minors may append fields; we read the ones we know.
+    (
+        _,
+        kind,
+        source,
+        incarnation,
+        seq,
+        timestamp_ns,
+        metadata,
+        flags,
+        content_type,
+        correlation_id,
+        reply_to,
+        trace,
+    ) = fields[:_FIELDS]
+    if type(kind) is not int or kind not in _KINDS:
+        raise BadFrame(f"unknown message kind {kind!r}")
+    if type(source) is not str or not source or len(source) > 31:
+        raise BadFrame("header source must be a node id")
+    if type(incarnation) is not int or type(seq) is not int or type(timestamp_ns) is not int:
+        raise BadFrame("incarnation, seq and timestamp must be integers")
+    if seq < 0 or incarnation < 0:
+        raise BadFrame("seq and incarnation must be >= 0")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadFrame("metadata must be a map")
+    if type(flags) is not int:
+        raise BadFrame("flags must be an integer")
+    for name, value in (
+        ("content_type", content_type),
+        ("correlation_id", correlation_id),
+        ("reply_to", reply_to),
+        ("trace", trace),
+    ):
+        if value is not None and type(value) is not str:
+            raise BadFrame(f"{name} must be a string")
+    return Header(
+        kind,
+        source,
+        incarnation,
+        seq,
+        timestamp_ns,
+        metadata,
+        flags,
+        content_type,
+        correlation_id,
+        reply_to,
+        trace,
+    )
+
+
+def topic_frame(topic: str) -> bytes:
+    """First frame of a message: the topic and a NUL, so prefix filters match whole topics."""
+    return topic.encode() + b"\0"
+
+
+def split_topic(frame: bytes) -> str:
+    """Inverse of ``topic_frame``; raises ``BadFrame`` on a frame without the terminator."""
+    if not frame.endswith(b"\0") or len(frame) > 256:
+        raise BadFrame("topic frame must be 1-255 bytes followed by NUL")
+    try:
+        return frame[:-1].decode()
+    except UnicodeDecodeError as exc:
+        raise BadFrame("topic is not UTF-8") from exc
+
+
+def check_frames(frames: Sequence[bytes], limits: Limits, expected: int = 3) -> None:
+    """Check the shape and total size of a multipart message."""
+    if len(frames) != expected:
+        raise BadFrame(f"expected {expected} frames, got {len(frames)}")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise MessageTooLarge(total, limits.max_message_bytes)
+
+
+def pack_control(obj: Any) -> bytes:
+    """Pack a small control payload (HELLO, NACK ...) with MessagePack."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_control(data: bytes, limits: Limits) -> Any:
+    """Unpack a control payload under tight limits; raises only ``DecodeError``."""
+    if len(data) > limits.max_header_bytes * 16:
+        raise MessageTooLarge(len(data), limits.max_header_bytes * 16, "control payload")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=65536,
+            max_map_len=65536,
+        )
+    except _MSGPACK_ERRORS as exc:
+        raise DecodeError(f"control payload is not valid MessagePack: {exc!r}") from exc
+
+
+__all__ += ["CONTROL_TOPIC", "HEARTBEAT_TOPIC", "check_frames", "pack_control", "unpack_control"]
+_ = LimitExceeded  # re-exported for callers that catch limit errors from this module
