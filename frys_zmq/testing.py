@@ -114,15 +114,15 @@ class NodeProcess:
                 return
             self.stderr_lines.append(line.decode(errors="replace").rstrip())
 
-    async def call(self, cmd: str, timeout: float = 20.0, **args: Any) -> Any:
-        """Run one command in the node and return its result."""
+    async def call(self, cmd: str, *, call_timeout: float = 20.0, **args: Any) -> Any:
+        """Run one command in the node and return its result (``args`` go to the command)."""
         assert self.proc is not None and self.proc.stdin is not None
         self._ids += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[self._ids] = fut
         self.proc.stdin.write(json.dumps({"id": self._ids, "cmd": cmd, **args}).encode() + b"\n")
         await self.proc.stdin.drain()
-        return await asyncio.wait_for(fut, timeout)
+        return await asyncio.wait_for(fut, call_timeout)
 
     async def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
         return await asyncio.wait_for(self.events.get(), timeout)
@@ -154,7 +154,7 @@ class NodeProcess:
             return
         if self.proc.returncode is None:
             try:
-                await self.call("quit", timeout=timeout)
+                await self.call("quit", call_timeout=timeout)
                 await asyncio.wait_for(self.proc.wait(), timeout)
             except (TimeoutError, RuntimeError, ConnectionError, BrokenPipeError):
                 pass

@@ -157,7 +157,7 @@ async def test_a_subscriber_with_a_tiny_receive_queue_still_gets_every_event_in_
         await slow.call("subscribe", pattern="tick")
         await slow.call("wait_peers", n=1)
         await fast.call("wait_peers", n=1)
-        await fast.call("publish_many", topic="tick", count=20_000, timeout=60)
+        await fast.call("publish_many", topic="tick", count=20_000, call_timeout=60)
         got = await slow.collect(20_000, timeout=60)
         assert seqs(got) == list(range(20_000))
         m = await slow.call("metrics")
