@@ -315,9 +315,13 @@ class EventBus:
         if handler is None:
             return False, pack_control({"type": "NoResponders", "message": f"{topic} not served"}), 0
         assert self._request_sem is not None
+        try:
+            value = self._codec.decode(payload, header.flags)
+        except DecodeError as exc:
+            self._count_decode_error(header.source, exc)
+            return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
         async with self._request_sem:
             try:
-                value = self._codec.decode(payload, header.flags)
                 req = Request(topic, value, header.metadata or {}, header.source,
                               header.correlation_id or "")
                 result = await self._call(handler, req)
@@ -337,9 +341,7 @@ class EventBus:
         try:
             value = self._codec.decode(payload, header.flags)
         except DecodeError as exc:
-            self.decode_errors += 1
-            if self._node is not None:
-                self._node._bad(header.source, type(exc).__name__, exc)
+            self._count_decode_error(header.source, exc)
             return None
         event = Event(topic, value, metadata=header.metadata, source=header.source,
                       incarnation=header.incarnation, seq=header.seq,
@@ -349,6 +351,11 @@ class EventBus:
         if blocked:
             return self._dispatcher.wait_blocked(event, blocked)
         return None
+
+    def _count_decode_error(self, source: str, exc: DecodeError) -> None:
+        self.decode_errors += 1
+        if self._node is not None:
+            self._node._bad(source, type(exc).__name__, exc)
 
     def _system_event(self, topic: str, payload: dict[str, Any]) -> None:
         if self._closed:
