@@ -68,7 +68,13 @@ class EventBus:
             compression=config.compression_enabled,
             compression_threshold=config.compression_threshold,
         )
-        self._dispatcher = Dispatcher(queue_size=config.event_queue_size)
+        self._dispatcher = Dispatcher(
+            queue_size=config.event_queue_size,
+            max_concurrent=config.max_concurrent_events,
+            retries=config.handler_retries,
+            retry_backoff=config.handler_retry_backoff,
+            on_dead_letter=self._dead_letter,
+        )
         self._handlers: dict[str, RequestHandler] = {}
         self._request_sem: asyncio.Semaphore | None = None
         self._node: Node | None = None
@@ -136,10 +142,10 @@ class EventBus:
 
     # ------------------------------------------------------------------ publish
 
-    def _topic_frame(self, topic: str) -> bytes:
+    def _topic_frame(self, topic: str, *, system: bool = False) -> bytes:
         frame = self._topic_ok.get(topic)
         if frame is None:
-            validate_topic(topic)
+            validate_topic(topic, allow_system=system)
             frame = topic_frame(topic)
             if len(self._topic_ok) < 65536:
                 self._topic_ok[topic] = frame
@@ -162,10 +168,11 @@ class EventBus:
         return event
 
     def _publish_nowait(
-        self, topic: str, payload: Any, metadata: Mapping[str, Any] | None
+        self, topic: str, payload: Any, metadata: Mapping[str, Any] | None, *,
+        system: bool = False,
     ) -> tuple[Event, list[Subscription] | None]:
         self._check_open()
-        tframe = self._topic_frame(topic)
+        tframe = self._topic_frame(topic, system=system)
         meta = dict(metadata) if metadata else None
         ts = time.time_ns()
         node = self._node
@@ -352,6 +359,28 @@ class EventBus:
             return self._dispatcher.wait_blocked(event, blocked)
         return None
 
+    def _dead_letter(
+        self, sub: Subscription, event: Event, exc: BaseException, attempts: int
+    ) -> None:
+        """Publish an event whose handler kept failing on ``$frys.dlq.<topic>``."""
+        if is_system_topic(event.topic) or self._closed:
+            return  # never dead-letter system events: a failing DLQ handler would loop
+        topic = "$frys.dlq." + event.topic
+        if len(topic.encode()) > 255:
+            topic = "$frys.dlq"
+        body = {
+            "topic": event.topic, "payload": event.payload, "metadata": dict(event.metadata),
+            "source": event.source, "seq": event.seq, "pattern": sub.pattern,
+            "error": f"{type(exc).__name__}: {exc}", "attempts": attempts,
+        }
+        try:
+            _, blocked = self._publish_nowait(topic, body, None, system=True)
+        except FrysError:
+            log.exception("could not dead-letter an event of %r", event.topic)
+            return
+        for other in blocked or ():
+            other.dropped += 1
+
     def _count_decode_error(self, source: str, exc: DecodeError) -> None:
         self.decode_errors += 1
         if self._node is not None:
@@ -423,6 +452,7 @@ class EventBus:
             "events_delivered": sum(s.delivered for s in subs),
             "events_unmatched": d.unmatched,
             "handler_errors": d.handler_errors,
+            "dead_letters": d.dead_letters,
             "decode_errors": self.decode_errors,
             "queue_depth": sum(s.pending for s in subs),
             "subscriptions": d.topic_counts(),
@@ -490,5 +520,3 @@ class _Latency:
             "p99": s[min(len(s) - 1, int(len(s) * 0.99))] / 1e6,
         }
 
-
-_ = is_system_topic

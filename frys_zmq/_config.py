@@ -76,6 +76,10 @@ class EventBusConfig:
     heartbeat_interval: float = _timing.HEARTBEAT_INTERVAL
     peer_ttl: float = _timing.PEER_TTL
     max_concurrent_events: int = 1000
+    #: A handler that raises is called again this many times (exponential backoff starting
+    #: at ``handler_retry_backoff`` seconds), then the event goes to ``$frys.dlq.<topic>``.
+    handler_retries: int = 3
+    handler_retry_backoff: float = 0.05
     event_queue_size: int = 10_000
     #: Events the publisher keeps in memory to answer NACKs.
     retention_ring_size: int = 200_000
@@ -121,6 +125,10 @@ class EventBusConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.handler_retries, int) or self.handler_retries < 0:
+            raise ConfigError("handler_retries must be an int >= 0")
+        if not self.handler_retry_backoff >= 0:
+            raise ConfigError("handler_retry_backoff must be >= 0")
         if not isinstance(self.compression_threshold, int) or self.compression_threshold < 0:
             raise ConfigError("compression_threshold must be an int >= 0")
         # Enums accept their string values too, which is what env and TOML give.

@@ -44,6 +44,10 @@ class Subscription:
         self.delivered = 0  #: events handed to the handler or iterator
         self.errors = 0  #: handler calls that raised
         self.dropped = 0  #: events dropped because the subscription closed with them queued
+        #: Optional filter: events for which it returns True are skipped (durable replays).
+        self.skip: Callable[[Event], bool] | None = None
+        #: Called after the handler finished with an event (durable cursors).
+        self.on_handled: Callable[[Event], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -78,21 +82,40 @@ class Subscription:
 
     async def _run(self, handler: Handler) -> None:
         queue = self._queue
+        dispatcher = self._dispatcher
         while True:
             event = await queue.get()
             if event is None:
                 return
+            if self.skip is not None and self.skip(event):
+                continue
             self.delivered += 1
+            await self._handle(handler, event, dispatcher)
+            if self.on_handled is not None:
+                self.on_handled(event)
+
+    async def _handle(self, handler: Handler, event: Event, dispatcher: Dispatcher) -> None:
+        """Run ``handler``; retry with exponential backoff; then dead-letter the event."""
+        attempts = dispatcher.retries + 1
+        for attempt in range(attempts):
             try:
-                result = handler(event)
-                if inspect.isawaitable(result):
-                    await result
+                async with dispatcher.concurrency:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.errors += 1
-                self._dispatcher.handler_errors += 1
-                log.exception("handler for %r raised on %r", self.pattern, event.topic)
+                dispatcher.handler_errors += 1
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(dispatcher.retry_backoff * (2**attempt))
+                    continue
+                log.exception(
+                    "handler for %r failed %d times on %r", self.pattern, attempts, event.topic
+                )
+                dispatcher.dead_letter(self, event, exc, attempts)
 
     def cancel(self) -> None:
         """Stop receiving. Idempotent; queued events are dropped and counted."""
@@ -155,10 +178,24 @@ class Subscription:
 class Dispatcher:
     """Matches events to subscriptions through the topic index and queues them."""
 
-    def __init__(self, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        max_concurrent: int = 1000,
+        retries: int = 3,
+        retry_backoff: float = 0.05,
+        on_dead_letter: Callable[[Subscription, Event, BaseException, int], None] | None = None,
+    ) -> None:
         self._index: TopicIndex[Subscription] = TopicIndex()
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
+        #: Bounds how many handler calls run at once across all subscriptions.
+        self.concurrency = asyncio.Semaphore(max_concurrent)
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self._on_dead_letter = on_dead_letter
+        self.dead_letters = 0
         self.dispatched = 0  #: (event, subscription) deliveries queued
         self.unmatched = 0  #: events no subscription wanted
         self.handler_errors = 0
@@ -170,6 +207,11 @@ class Dispatcher:
         self._subs.add(sub)
         sub._start()
         return sub
+
+    def dead_letter(self, sub: Subscription, event: Event, exc: BaseException, attempts: int) -> None:
+        self.dead_letters += 1
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(sub, event, exc, attempts)
 
     def _remove(self, sub: Subscription) -> None:
         self._index.remove(sub.pattern, sub)
