@@ -1,0 +1,638 @@
+"""The durable log: framing, segments, the sparse index, crash recovery, retention and fsync."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from frys_zmq._errors import AlreadyClosed, ConfigError, NotStarted, StorageError
+from frys_zmq._log import FsyncPolicy, LogRecord, PersistentEventQueue, SegmentLog
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HEADER_SIZE = 8  # b"FRYSLOG1"
+
+
+def record(seq: int, topic: str = "orders.created", payload: bytes | None = None) -> LogRecord:
+    return LogRecord(
+        seq=seq,
+        timestamp_ns=1_000_000 + seq,
+        topic=topic,
+        header=b"hdr-%d" % seq,
+        payload=b"<%08d>" % seq if payload is None else payload,
+    )
+
+
+def seqs(records: Iterable[LogRecord]) -> list[int]:
+    return [r.seq for r in records]
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def frame_offsets(path: Path) -> list[int]:
+    """Start offsets of the frames in a healthy segment file."""
+    data = path.read_bytes()
+    offsets = []
+    pos = HEADER_SIZE
+    while pos < len(data):
+        offsets.append(pos)
+        (length,) = struct.unpack_from("<I", data, pos)
+        pos += 8 + length
+    return offsets
+
+
+def write_log(directory: Path, records: Iterable[LogRecord], **options: object) -> None:
+    with SegmentLog(directory, **options) as log:  # type: ignore[arg-type]
+        for r in records:
+            log.append(r)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# -- SegmentLog: the synchronous core ---------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", [True, False])
+def test_appended_records_read_back_identically_in_seq_order(
+    tmp_path: Path, compression: bool
+) -> None:
+    records = [
+        record(1),
+        LogRecord(2, 5, "", b"", b""),
+        LogRecord(3, -7, "grüße.ünïcode", b"\x00\xc1\xf5", b"\xff" * 3),
+        LogRecord(4, 9, "big.compressible", b"h" * 300, b"abc" * 10_000),
+        LogRecord(5, 9, "big.random", os.urandom(100), os.urandom(50_000)),
+        record(7),
+    ]
+    with SegmentLog(tmp_path, compression=compression) as log:
+        for r in records:
+            log.append(r)
+        log.flush()
+        assert list(log.read_from(0)) == records
+        assert (log.first_seq, log.last_seq) == (1, 7)
+    with SegmentLog(tmp_path, compression=compression) as log:
+        assert list(log.read_from(0)) == records
+        assert log.corrupt_records == 0
+
+
+def test_compression_shrinks_only_bodies_that_compress(tmp_path: Path) -> None:
+    compressible = [record(i, payload=b"x" * 4000) for i in range(1, 11)]
+    write_log(tmp_path / "on", compressible, compression=True)
+    write_log(tmp_path / "off", compressible, compression=False)
+    on_size = segment_files(tmp_path / "on")[0].stat().st_size
+    off_size = segment_files(tmp_path / "off")[0].stat().st_size
+    assert on_size < off_size / 10
+
+    random_bodies = [record(i, payload=os.urandom(4000)) for i in range(1, 11)]
+    write_log(tmp_path / "random", random_bodies, compression=True)
+    assert segment_files(tmp_path / "random")[0].stat().st_size <= off_size
+
+
+def test_an_empty_log_has_no_first_or_last_seq(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path / "new") as log:
+        assert (log.first_seq, log.last_seq) == (None, None)
+        assert list(log.read_from(0)) == []
+    assert segment_files(tmp_path / "new") == []
+
+
+def test_segments_rotate_at_max_file_size_and_reads_cross_them(tmp_path: Path) -> None:
+    records = [record(i) for i in range(1, 501)]
+    write_log(tmp_path, records, max_file_size=4096)
+
+    files = segment_files(tmp_path)
+    assert len(files) > 5
+    assert all(f.stat().st_size <= 4096 for f in files)
+    assert files[0].name == "00000000000000000001.seg"
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert log.segment_count == len(files)
+        for f in files:
+            # Each segment is named after the first seq it holds.
+            first_in_file = next(log.read_from(int(f.stem) - 1))
+            assert first_in_file.seq == int(f.stem)
+        assert list(log.read_from(0)) == records
+        assert seqs(log.read_from(250)) == list(range(251, 501))
+        assert seqs(log.read_from(500)) == []
+
+
+def test_read_from_a_middle_seq_seeks_through_the_index_instead_of_scanning(
+    tmp_path: Path,
+) -> None:
+    with SegmentLog(tmp_path, index_every_records=10, verify_reads=True) as log:
+        for i in range(1, 1001):
+            log.append(record(i))
+        log.flush()
+        # Corrupt record 5 on disk behind the open log's back: a reader that scanned from the
+        # start of the file would trip over it.
+        path = segment_files(tmp_path)[0]
+        flip_byte(path, path.read_bytes().index(b"<00000005>"))
+
+        assert seqs(log.read_from(500)) == list(range(501, 1001))
+        assert seqs(log.read_from(12)) == list(range(13, 1001))
+        assert log.corrupt_records == 0
+
+        assert seqs(log.read_from(0)) == [*range(1, 5), *range(6, 1001)]
+        assert log.corrupt_records == 1
+
+
+def test_the_index_is_rebuilt_on_open(tmp_path: Path) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 1001)], index_every_bytes=512)
+    with SegmentLog(tmp_path, index_every_bytes=512, verify_reads=True) as log:
+        path = segment_files(tmp_path)[0]
+        flip_byte(path, path.read_bytes().index(b"<00000003>"))
+        assert seqs(log.read_from(900)) == list(range(901, 1001))
+        assert log.corrupt_records == 0
+
+
+def test_topic_filter_yields_only_that_topic_in_seq_order(tmp_path: Path) -> None:
+    topics = ["a.one", "b.two", "a.one.more", "a.on"]
+    records = [record(i, topic=topics[i % 4]) for i in range(1, 401)]
+    write_log(tmp_path, records, max_file_size=4096)
+    with SegmentLog(tmp_path) as log:
+        assert list(log.read_from(0, topic="a.one")) == [r for r in records if r.topic == "a.one"]
+        assert seqs(log.read_from(300, topic="b.two")) == list(range(301, 401, 4))
+        assert list(log.read_from(0, topic="nothing")) == []
+
+
+def test_reopened_log_continues_in_the_last_segment_after_the_last_seq(tmp_path: Path) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 11)])
+    with SegmentLog(tmp_path) as log:
+        assert (log.first_seq, log.last_seq) == (1, 10)
+        log.append(record(11))
+        log.append(record(15))  # a jump after a restart is fine
+    assert len(segment_files(tmp_path)) == 1
+    with SegmentLog(tmp_path) as log:
+        assert seqs(log.read_from(0)) == [*range(1, 12), 15]
+
+
+def test_appending_a_seq_that_does_not_increase_is_refused(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path) as log:
+        log.append(record(5))
+        with pytest.raises(StorageError):
+            log.append(record(5))
+        with pytest.raises(StorageError):
+            log.append(record(4))
+        log.flush()
+        assert seqs(log.read_from(0)) == [5]
+
+
+def test_reads_include_records_flushed_while_iterating(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        for i in range(1, 11):
+            log.append(record(i))
+        log.flush()
+        reader = log.read_from(0)
+        first = next(reader)
+        for i in range(11, 201):
+            log.append(record(i))
+        log.flush()
+        assert [first.seq, *seqs(reader)] == list(range(1, 201))
+
+
+def test_unflushed_records_are_not_visible_to_readers(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path) as log:
+        log.append(record(1))
+        log.flush()
+        log.append(record(2))
+        assert seqs(log.read_from(0)) == [1]
+        assert log.last_seq == 2
+
+
+def test_truncating_the_last_record_at_every_byte_offset_loses_only_that_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "source"
+    write_log(source, [record(i) for i in range(1, 5)])
+    last_start = segment_files(source)[0].stat().st_size
+    write_log(source, [record(5, payload=b"the last one")])
+    full = segment_files(source)[0].read_bytes()
+    assert len(full) > last_start
+
+    for cut in range(last_start, len(full)):
+        directory = tmp_path / f"cut-{cut}"
+        directory.mkdir()
+        (directory / "00000000000000000001.seg").write_bytes(full[:cut])
+        with caplog.at_level(logging.WARNING, logger="frys_zmq._log"):
+            log = SegmentLog(directory)
+        with log:
+            assert seqs(log.read_from(0)) == [1, 2, 3, 4], cut
+            assert log.corrupt_records == 0
+            assert log.truncated_bytes == cut - last_start
+            assert log.last_seq == 4
+            log.append(record(5, payload=b"written again"))
+        assert (directory / "00000000000000000001.seg").stat().st_size == len(full) + 1
+        with SegmentLog(directory) as log:
+            assert seqs(log.read_from(0)) == [1, 2, 3, 4, 5]
+    assert any("torn tail" in r.getMessage() for r in caplog.records)
+
+
+def test_a_corrupted_checksum_in_the_middle_is_reported_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 11)])
+    path = segment_files(tmp_path)[0]
+    flip_byte(path, path.read_bytes().index(b"<00000005>"))
+    size = path.stat().st_size
+
+    with caplog.at_level(logging.WARNING, logger="frys_zmq._log"):
+        log = SegmentLog(path.parent)
+    with log:
+        assert log.corrupt_records == 1
+        assert log.truncated_bytes == 0
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+        assert log.corrupt_records == 1  # reading skips the known region without recounting
+        log.append(record(11))
+        log.flush()
+        assert seqs(log.read_from(9)) == [10, 11]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "corrupt" in warnings[0].getMessage()
+    assert path.stat().st_size > size  # nothing was truncated, the append went after it
+
+
+@pytest.mark.parametrize("garbage", [0, 3, 0xFFFF_FFF0, "one more"])
+def test_a_garbage_length_field_is_skipped_by_resyncing_to_the_next_frame(
+    tmp_path: Path, garbage: int | str
+) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 11)])
+    path = segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    offset = frame_offsets(path)[4]  # record 5
+    (length,) = struct.unpack_from("<I", data, offset)
+    struct.pack_into("<I", data, offset, length + 1 if garbage == "one more" else garbage)
+    path.write_bytes(bytes(data))
+
+    with SegmentLog(tmp_path) as log:
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+        assert log.corrupt_records == 1
+
+
+def test_corruption_at_the_end_of_an_older_segment_is_reported_not_truncated(
+    tmp_path: Path,
+) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 301)], max_file_size=4096)
+    first = segment_files(tmp_path)[0]
+    last_in_first = frame_offsets(first)[-1]
+    flip_byte(first, first.stat().st_size - 1)
+    size = first.stat().st_size
+
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert log.corrupt_records == 1
+        read = seqs(log.read_from(0))
+    assert len(read) == 299
+    assert read == sorted(read)
+    assert first.stat().st_size == size
+    assert last_in_first > HEADER_SIZE
+
+
+def test_zeroed_bytes_after_the_last_record_are_truncated_as_a_torn_tail(tmp_path: Path) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 6)])
+    path = segment_files(tmp_path)[0]
+    with path.open("ab") as f:
+        f.write(bytes(10_000))  # the file grew but its data never reached the disk
+    with SegmentLog(tmp_path) as log:
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4, 5]
+        assert (log.corrupt_records, log.truncated_bytes) == (0, 10_000)
+
+
+def test_a_torn_segment_header_is_reinitialised(tmp_path: Path) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 4)])
+    (tmp_path / "00000000000000000004.seg").write_bytes(b"FRY")
+    with SegmentLog(tmp_path) as log:
+        assert log.last_seq == 3
+        log.append(record(4))
+    with SegmentLog(tmp_path) as log:
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4]
+
+
+def test_a_foreign_segment_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "00000000000000000001.seg").write_bytes(b"NOTALOG!" + b"x" * 100)
+    with pytest.raises(StorageError, match="not a version 1"):
+        SegmentLog(tmp_path)
+
+
+def test_os_errors_surface_as_storage_errors(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_bytes(b"")
+    with pytest.raises(StorageError) as info:
+        SegmentLog(not_a_directory)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_invalid_log_options_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        SegmentLog(tmp_path, max_file_size=10)
+    with pytest.raises(ConfigError):
+        SegmentLog(tmp_path, index_every_records=0)
+
+
+def test_retention_by_age_removes_old_segments_but_never_the_active_one(tmp_path: Path) -> None:
+    second = 1_000_000_000
+    records = [LogRecord(i, i * second, "t", b"", b"p" * 100) for i in range(1, 301)]
+    write_log(tmp_path, records, max_file_size=4096)
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        files = segment_files(tmp_path)
+        second_first = int(files[1].stem)
+        # Only the first segment is entirely older than (now - max_age).
+        now = (second_first + 100) * second
+        removed = log.apply_retention(now, max_age_ns=100 * second)
+        assert removed == second_first - 1
+        assert log.first_seq == second_first
+        assert segment_files(tmp_path) == files[1:]
+
+        # Everything expired: all but the active segment go.
+        before = log.first_seq
+        removed = log.apply_retention(10**6 * second, max_age_ns=1)
+        (active,) = segment_files(tmp_path)
+        assert active == files[-1]
+        assert log.first_seq == int(active.stem)
+        assert removed == log.first_seq - before
+        # A reader asking for the removed range sees it start at first_seq (a reportable gap).
+        assert seqs(log.read_from(0))[0] == log.first_seq
+        assert log.last_seq == 300
+
+
+def test_retention_by_size_keeps_the_newest_segments_within_max_bytes(tmp_path: Path) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 501)], max_file_size=4096)
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        log.apply_retention(time.time_ns(), max_bytes=10_000)
+        files = segment_files(tmp_path)
+        assert sum(f.stat().st_size for f in files) <= 10_000
+        assert len(files) >= 2
+        assert seqs(log.read_from(0)) == list(range(log.first_seq or 0, 501))
+
+        assert log.apply_retention(time.time_ns(), max_bytes=1) > 0
+        assert len(segment_files(tmp_path)) == 1
+        assert log.apply_retention(time.time_ns(), max_bytes=1) == 0
+
+
+def test_a_reader_continues_at_first_seq_when_retention_removes_its_segment(
+    tmp_path: Path,
+) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 501)], max_file_size=4096)
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        reader = log.reader(0)
+        first_batch = reader.read_batch()
+        assert first_batch and first_batch[0].seq == 1
+        log.apply_retention(time.time_ns(), max_bytes=1)
+        rest = [r.seq for _ in range(100) for r in reader.read_batch()]
+        assert reader.exhausted
+        assert rest == list(range(log.first_seq or 0, 501))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 1000),
+            st.integers(-(2**63), 2**63 - 1),
+            st.text(max_size=30),
+            st.binary(max_size=200),
+            st.binary(max_size=2000) | st.builds(lambda n: b"z" * n, st.integers(0, 5000)),
+        ),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_any_records_round_trip_through_a_reopened_log(
+    rows: list[tuple[int, int, str, bytes, bytes]], compression: bool
+) -> None:
+    records = []
+    seq = 0
+    for step, ts, topic, header, payload in rows:
+        seq += step
+        records.append(LogRecord(seq, ts, topic, header, payload))
+    with tempfile.TemporaryDirectory() as directory:
+        write_log(Path(directory), records, compression=compression, max_file_size=8192)
+        with SegmentLog(directory, max_file_size=8192, verify_reads=True) as log:
+            assert list(log.read_from(0)) == records
+            assert log.corrupt_records == 0
+
+
+# -- PersistentEventQueue: the asyncio wrapper ------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [*FsyncPolicy, "interval"])
+async def test_store_event_returns_and_the_record_survives_reopening(
+    tmp_path: Path, policy: FsyncPolicy | str
+) -> None:
+    async with PersistentEventQueue(tmp_path, fsync=policy, fsync_interval=0.01) as queue:
+        for i in range(1, 21):
+            await queue.store_event(record(i))
+        queue.append_nowait(record(21))
+        assert queue.last_seq == 21
+    async with PersistentEventQueue(tmp_path, fsync=policy) as queue:
+        assert seqs(await queue.recover_events()) == list(range(1, 22))
+
+
+async def test_store_event_under_always_fsyncs_before_returning(tmp_path: Path) -> None:
+    async with PersistentEventQueue(tmp_path, fsync="always") as queue:
+        for i in range(1, 6):
+            await queue.store_event(record(i))
+            assert queue.fsync_count == i
+
+
+async def test_store_event_under_interval_waits_for_the_next_group_commit(
+    tmp_path: Path,
+) -> None:
+    async with PersistentEventQueue(tmp_path, fsync="interval", fsync_interval=0.02) as queue:
+        before = queue.fsync_count
+        await queue.store_event(record(1))
+        assert queue.fsync_count == before + 1
+        results = await asyncio.gather(*(queue.store_event(record(i)) for i in range(2, 102)))
+        assert len(results) == 100
+        assert queue.fsync_count <= before + 3
+
+
+async def test_store_event_under_never_does_not_fsync(tmp_path: Path) -> None:
+    async with PersistentEventQueue(tmp_path, fsync="never", fsync_interval=0.01) as queue:
+        for i in range(1, 11):
+            await queue.store_event(record(i))
+        assert queue.fsync_count == 0
+        assert seqs(await queue.recover_events()) == list(range(1, 11))
+
+
+async def test_concurrent_store_events_under_always_are_group_committed(tmp_path: Path) -> None:
+    async with PersistentEventQueue(tmp_path, fsync=FsyncPolicy.ALWAYS) as queue:
+        await asyncio.gather(*(queue.store_event(record(i)) for i in range(1, 201)))
+        assert 1 <= queue.fsync_count < 200
+        assert seqs(await queue.recover_events()) == list(range(1, 201))
+
+
+async def test_append_nowait_is_made_durable_by_the_background_committer(
+    tmp_path: Path,
+) -> None:
+    async with PersistentEventQueue(tmp_path, fsync="interval", fsync_interval=0.01) as queue:
+        queue.append_nowait(record(1))
+        deadline = time.monotonic() + 5
+        while queue.fsync_count == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+
+
+async def test_iter_events_streams_a_large_backlog(tmp_path: Path) -> None:
+    count = 100_000
+    async with PersistentEventQueue(tmp_path, max_file_size=1024 * 1024) as queue:
+        for i in range(1, count + 1):
+            queue.append_nowait(record(i, topic="even" if i % 2 == 0 else "odd"))
+    async with PersistentEventQueue(tmp_path, max_file_size=1024 * 1024) as queue:
+        expected = 1
+        async for r in queue.iter_events():
+            assert r.seq == expected
+            expected += 1
+        assert expected == count + 1
+
+        odd = [r.seq async for r in queue.iter_events(after_seq=count - 10, topic="odd")]
+        assert odd == list(range(count - 9, count + 1, 2))
+        assert seqs(await queue.recover_events("even", after_seq=count - 6)) == [
+            count - 4,
+            count - 2,
+            count,
+        ]
+
+
+async def test_queue_retention_removes_expired_segments_and_moves_first_seq(
+    tmp_path: Path,
+) -> None:
+    old = time.time_ns() - 3600 * 10**9
+    async with PersistentEventQueue(tmp_path, max_file_size=4096, retention_period=60.0) as queue:
+        for i in range(1, 301):
+            queue.append_nowait(LogRecord(i, old, "t", b"", b"p" * 100))
+        queue.append_nowait(LogRecord(301, time.time_ns(), "t", b"", b"new"))
+        assert queue.first_seq == 1
+        removed = await queue.apply_retention()
+        assert removed > 0
+        assert queue.first_seq == removed + 1
+        assert (await queue.recover_events())[0].seq == queue.first_seq
+
+
+async def test_retention_also_runs_periodically(tmp_path: Path) -> None:
+    async with PersistentEventQueue(
+        tmp_path, max_file_size=4096, retention_bytes=8192, retention_check_interval=0.01
+    ) as queue:
+        for i in range(1, 501):
+            queue.append_nowait(record(i))
+        deadline = time.monotonic() + 5
+        while queue.first_seq == 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert len(segment_files(tmp_path)) <= 3
+
+
+async def test_aclose_is_idempotent_and_the_closed_queue_refuses_work(tmp_path: Path) -> None:
+    queue = PersistentEventQueue(tmp_path)
+    with pytest.raises(NotStarted):
+        queue.append_nowait(record(1))
+    await queue.open()
+    await queue.open()
+    await queue.store_event(record(1))
+    await asyncio.gather(queue.aclose(), queue.aclose())
+    await queue.aclose()
+    with pytest.raises(AlreadyClosed):
+        await queue.store_event(record(2))
+    with pytest.raises(AlreadyClosed):
+        await queue.recover_events()
+    with pytest.raises(AlreadyClosed):
+        await queue.open()
+
+
+async def test_store_events_pending_at_aclose_are_committed(tmp_path: Path) -> None:
+    queue = PersistentEventQueue(tmp_path, fsync="interval", fsync_interval=30.0)
+    await queue.open()
+    pending = [asyncio.ensure_future(queue.store_event(record(i))) for i in range(1, 11)]
+    await asyncio.sleep(0)
+    await queue.aclose()
+    await asyncio.gather(*pending)
+    async with PersistentEventQueue(tmp_path) as reopened:
+        assert seqs(await reopened.recover_events()) == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"fsync": "sometimes"},
+        {"fsync_interval": 0},
+        {"retention_period": -1.0},
+        {"retention_bytes": 0},
+        {"max_file_size": 1},
+    ],
+)
+def test_invalid_queue_options_are_config_errors(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    with pytest.raises(ConfigError):
+        PersistentEventQueue(tmp_path, **options)  # type: ignore[arg-type]
+
+
+# -- crash safety -----------------------------------------------------------------------
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from frys_zmq._log import LogRecord, PersistentEventQueue
+
+    async def main():
+        queue = PersistentEventQueue(sys.argv[1], fsync="always", max_file_size=16384)
+        await queue.open()
+        seq = 0
+        while True:
+            batch = list(range(seq + 1, seq + 9))
+            seq += 8
+            await asyncio.gather(
+                *(queue.store_event(LogRecord(s, s, "crash", b"h", b"p" * 100)) for s in batch)
+            )
+            sys.stdout.write("".join(f"{s}\\n" for s in batch))
+            sys.stdout.flush()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_every_acknowledged_record_survives_a_sigkill(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None
+    acknowledged: list[int] = []
+    try:
+        while len(acknowledged) < 400:
+            line = child.stdout.readline()
+            assert line, f"writer exited early with {child.wait()}"
+            acknowledged.append(int(line))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    tail = child.stdout.read()
+    child.stdout.close()
+    acknowledged += [int(line) for line in tail.split(b"\n")[:-1]]
+
+    with SegmentLog(tmp_path) as log:
+        stored = seqs(log.read_from(0))
+        assert log.corrupt_records == 0
+    assert len(segment_files(tmp_path)) > 1
+    assert set(acknowledged) <= set(stored)
+    assert stored == list(range(1, len(stored) + 1))
