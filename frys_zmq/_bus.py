@@ -14,15 +14,18 @@ from typing import Any
 
 from ._codec import PayloadCodec
 from ._config import EventBusConfig
+from ._cursors import CursorStore
 from ._dispatch import Dispatcher, Handler, Subscription
 from ._errors import (
     AlreadyClosed,
+    ConfigError,
     DecodeError,
     FrysError,
     HandlerError,
     NoResponders,
     NotStarted,
     RequestError,
+    StorageError,
     TransportError,
 )
 from ._event import Event, Reply, Request
@@ -81,6 +84,7 @@ class EventBus:
         self._started = False
         self._closed = False
         self._topic_ok: dict[str, bytes] = {}
+        self._durable: dict[str, tuple[Subscription, CursorStore]] = {}
         self._rr = itertools.count()
         self._local_seq = 0
         self._incarnation = 0
@@ -102,7 +106,7 @@ class EventBus:
             node = Node(
                 self.config,
                 NodeCallbacks(deliver=self._deliver_remote, serve=self._serve_remote,
-                              system=self._system_event),
+                              system=self._system_event, durable_floor=self._durable_floor),
             )
             await node.start()
             self._node = node
@@ -121,6 +125,8 @@ class EventBus:
                 await asyncio.shield(self._node.aclose())
         finally:
             await self._dispatcher.aclose()
+            for _, store in self._durable.values():
+                store.close()
 
     close = aclose
 
@@ -157,14 +163,24 @@ class EventBus:
         payload: Any = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        ack: bool | None = None,
     ) -> Event:
         """Publish to local subscribers and the mesh; returns the event as sent.
 
-        Waits only when a local subscriber's queue is full (back-pressure).
+        Waits when a local subscriber's queue is full (back-pressure), and with ``ack=True``
+        (default: ``config.publish_ack``) until the event is in this node's log under its
+        fsync policy; without persistence that is a ``StorageError``, never a silent no-op.
         """
+        if ack is None:
+            ack = self.config.publish_ack
+        if ack and (self._node is None or self._node.log is None):
+            raise StorageError("publish(ack=True) needs enable_persistence=True")
         event, blocked = self._publish_nowait(topic, payload, metadata)
         if blocked:
             await self._dispatcher.wait_blocked(event, blocked)
+        if ack:
+            assert self._node is not None
+            await self._node.wait_durable()
         return event
 
     def _publish_nowait(
@@ -180,7 +196,7 @@ class EventBus:
             seq = node.next_seq()
             data, flags = self._codec.encode(payload)
             header = encode_header(Kind.EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
-            node.send_event(tframe, header, data, seq)
+            node.send_event(topic, tframe, header, data, seq, ts)
         else:
             self._local_seq += 1
             seq = self._local_seq
@@ -212,7 +228,9 @@ class EventBus:
 
     # ------------------------------------------------------------------ subscribe
 
-    def subscribe(self, pattern: str, handler: Handler | None = None) -> Subscription:
+    def subscribe(
+        self, pattern: str, handler: Handler | None = None, *, durable: str | None = None
+    ) -> Subscription:
         """Subscribe to ``pattern`` (``*`` one token, ``>`` the rest).
 
         ``bus.subscribe(p, handler)`` and ``sub = bus.subscribe(p)`` (then ``async for``)
@@ -222,7 +240,67 @@ class EventBus:
         if self._closed:
             raise AlreadyClosed("EventBus is closed")
         validate_pattern(pattern)
-        return self._dispatcher.subscribe(pattern, handler)
+        if durable is None:
+            return self._dispatcher.subscribe(pattern, handler)
+        return self._subscribe_durable(pattern, handler, durable)
+
+    def _subscribe_durable(
+        self, pattern: str, handler: Handler | None, name: str
+    ) -> Subscription:
+        """A subscription whose progress per publisher survives this process.
+
+        After each handled event its ``(incarnation, seq)`` is written to a cursor file; on
+        a restart the node replays what came after the cursor from the publishers' logs.
+        """
+        if handler is None:
+            raise ConfigError("a durable subscription needs a handler")
+        if name in self._durable:
+            raise ConfigError(f"durable subscription {name!r} exists already")
+        store = CursorStore(self.config.node_dir, name)
+        sub = self._dispatcher.subscribe(pattern, None)
+        sub.durable = name
+        node_id = self.node_id
+
+        def handled(cursor: tuple[int, int] | None, event: Event) -> bool:
+            if cursor is None:
+                return False
+            incarnation, seq = cursor
+            same_space = incarnation == event.incarnation or (
+                self._node is not None and self._node.is_durable(event.source)
+            )
+            return same_space and event.seq <= seq
+
+        def skip(event: Event) -> bool:
+            return event.source != node_id and handled(store.get(event.source), event)
+
+        def on_handled(event: Event) -> None:
+            if event.source != node_id:
+                store.set(event.source, event.incarnation, event.seq)
+
+        sub.skip = skip
+        sub.on_handled = on_handled
+        self._durable[name] = (sub, store)
+        sub(handler)  # start the worker only now that skip/on_handled are in place
+        if self._node is not None:
+            for publisher, (incarnation, seq) in store.all().items():
+                if self._node.can_replay(publisher, incarnation):
+                    self._node.rewind(publisher, seq + 1)
+        return sub
+
+    def _durable_floor(self, publisher: str, incarnation: int, durable: bool) -> int | None:
+        """Lowest seq of ``publisher`` handled by any durable subscription, if any has one.
+
+        Only cursors in the publisher's current sequence space count: any incarnation of a
+        publisher that keeps a log, else only the same incarnation.
+        """
+        seqs = [
+            cursor[1]
+            for sub, store in self._durable.values()
+            if not sub.closed
+            and (cursor := store.get(publisher)) is not None
+            and (durable or cursor[0] == incarnation)
+        ]
+        return min(seqs) if seqs else None
 
     # ------------------------------------------------------------------ request / reply
 
@@ -340,8 +418,12 @@ class EventBus:
 
     # ------------------------------------------------------------------ remote delivery
 
-    def _deliver_remote(self, topic: str, header: Header, payload: bytes) -> Awaitable[None] | None:
+    def _deliver_remote(
+        self, topic: str, header: Header, payload: bytes, history: bool
+    ) -> Awaitable[None] | None:
         subs = self._dispatcher.matches(topic)
+        if history:
+            subs = tuple(s for s in subs if s.durable is not None)
         if not subs:
             self._dispatcher.unmatched += 1
             return None

@@ -84,13 +84,24 @@ class EventBusConfig:
     #: Events the publisher keeps in memory to answer NACKs.
     retention_ring_size: int = 200_000
     retention_ring_bytes: int = 256 * 1024 * 1024
+    #: Write every published event to a durable log first; replay from it, also after a
+    #: restart (the node's sequence numbers then continue across restarts).
     enable_persistence: bool = False
+    #: This node's own directory (log, durable cursors). Default:
+    #: ``$XDG_DATA_HOME/frys_zmq/<cluster>/<node_id>`` (``~/.local/share/...``).
     data_dir: str | None = None
+    fsync_policy: str = "interval"  #: ``always`` | ``interval`` (group commit) | ``never``
+    fsync_interval: float = 0.05
+    max_file_size: int = 64 * 1024 * 1024  #: log segment size before rotation
+    retention_period: float | None = None  #: seconds; older log segments are removed
+    retention_bytes: int | None = None  #: total log size kept
+    #: Default of ``publish(ack=...)``: wait until the event is in the log.
+    publish_ack: bool = False
     compression_enabled: bool = True
     compression_threshold: int = 4096
     monitoring_enabled: bool = True
     request_timeout: float = _timing.REQUEST_TIMEOUT
-    #: ZeroMQ high-water marks (messages) on every socket.
+    #: ZeroMQ high-water marks (messages) of the event stream (PUB and SUB sockets).
     send_hwm: int = 100_000
     recv_hwm: int = 100_000
     limits: Limits = DEFAULT_LIMITS
@@ -125,6 +136,18 @@ class EventBusConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.fsync_policy not in ("always", "interval", "never"):
+            raise ConfigError(
+                f"fsync_policy must be always, interval or never, got {self.fsync_policy!r}"
+            )
+        if not self.fsync_interval > 0:
+            raise ConfigError("fsync_interval must be > 0")
+        if not isinstance(self.max_file_size, int) or self.max_file_size < 4096:
+            raise ConfigError("max_file_size must be an int >= 4096")
+        if self.retention_period is not None and not self.retention_period > 0:
+            raise ConfigError("retention_period must be > 0 seconds")
+        if self.retention_bytes is not None and self.retention_bytes <= 0:
+            raise ConfigError("retention_bytes must be > 0")
         if not isinstance(self.handler_retries, int) or self.handler_retries < 0:
             raise ConfigError("handler_retries must be an int >= 0")
         if not self.handler_retry_backoff >= 0:
@@ -140,6 +163,16 @@ class EventBusConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "cluster_peers", tuple(self.cluster_peers))
+
+    @property
+    def node_dir(self) -> Path:
+        """Directory for this node's log and durable-subscription cursors."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "share"
+        )
+        return Path(base) / "frys_zmq" / self.cluster / self.node_id
 
     @property
     def bind_host(self) -> str:
@@ -218,6 +251,12 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"cannot read {name}={value!r}") from exc
     if name == "cluster_peers":
         return tuple(p.strip() for p in value.split(",") if p.strip())
+    if name in ("retention_period", "retention_bytes"):
+        try:
+            return None if value == "" else (float(value) if name == "retention_period"
+                                             else int(value))
+        except ValueError as exc:
+            raise ConfigError(f"cannot read {name}={value!r}") from exc
     if name in ("interface", "data_dir") and value == "":
         return None
     return value

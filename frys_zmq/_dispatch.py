@@ -44,6 +44,8 @@ class Subscription:
         self.delivered = 0  #: events handed to the handler or iterator
         self.errors = 0  #: handler calls that raised
         self.dropped = 0  #: events dropped because the subscription closed with them queued
+        #: Name of a durable subscription (its cursors survive restarts), else None.
+        self.durable: str | None = None
         #: Optional filter: events for which it returns True are skipped (durable replays).
         self.skip: Callable[[Event], bool] | None = None
         #: Called after the handler finished with an event (durable cursors).

@@ -23,7 +23,8 @@ import zmq.asyncio
 from . import _timing
 from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig
 from ._discovery import Announcement, MdnsDiscovery, _primary_address
-from ._errors import DecodeError, FrysError, TransportError
+from ._errors import DecodeError, FrysError, StorageError, TransportError
+from ._log import LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState, PeerTable
 from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
 from ._wire import (
@@ -56,12 +57,17 @@ class NodeCallbacks:
     """How the node hands work up to the bus."""
 
     #: A remote event is ready for local delivery, in per-publisher order. May return an
-    #: awaitable when local queues are full (back-pressure on the socket reader).
-    deliver: Callable[[str, Header, bytes], Awaitable[None] | None]
+    #: awaitable when local queues are full (back-pressure on the socket reader). The flag
+    #: marks history: events from before this node met the publisher, replayed for durable
+    #: subscriptions only.
+    deliver: Callable[[str, Header, bytes, bool], Awaitable[None] | None]
     #: Serve a request; returns (ok, payload bytes, flags).
     serve: Callable[[str, Header, bytes], Awaitable[tuple[bool, bytes, int]]]
     #: Publish a system event locally (``$frys.peer.joined`` ...).
     system: Callable[[str, dict[str, Any]], None]
+    #: Lowest seq of a publisher (id, incarnation, keeps a log) that a durable subscription
+    #: has handled, or None.
+    durable_floor: Callable[[str, int, bool], int | None]
 
 
 @dataclass(slots=True)
@@ -80,6 +86,10 @@ class _Link:
 class _Stream:
     incarnation: int
     tracker: StreamTracker[Frames]
+    #: The publisher keeps a log: its seq space survives restarts and old ranges replay.
+    durable: bool = False
+    #: Events up to this seq are history (replayed for durable subscriptions only).
+    history_until: int = 0
 
 
 @dataclass
@@ -111,8 +121,15 @@ class Node:
         self._cb = callbacks
         self._limits = config.limits
         self._reliable = config.delivery is DeliveryMode.RELIABLE
-        self.seq = 0
+        self.seq = 0  #: last sequence number given out
+        self.first_seq = 1  #: first sequence number of this incarnation
+        self.sent_seq = 0  #: last sequence number handed to the PUB socket
         self.stats = NodeStats()
+        self.log: PersistentEventQueue | None = None
+        self._unsent: list[Frames] = []
+        self._flush_scheduled = False
+        #: Where to resume a durable publisher's stream after it restarted (by node id).
+        self._resume: dict[str, int] = {}
         self.peers = PeerTable(
             heartbeat_interval=config.heartbeat_interval,
             ttl=config.peer_ttl,
@@ -141,6 +158,19 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.enable_persistence:
+            self.log = PersistentEventQueue(
+                cfg.node_dir / "log",
+                max_file_size=cfg.max_file_size,
+                fsync=cfg.fsync_policy,
+                fsync_interval=cfg.fsync_interval,
+                retention_period=cfg.retention_period,
+                retention_bytes=cfg.retention_bytes,
+            )
+            await self.log.open()
+            # The sequence space of a persistent node outlives its process: go on from the log.
+            self.seq = self.sent_seq = self.log.last_seq or 0
+        self.first_seq = self.seq + 1  # first seq of this incarnation
         self._ctx = zmq.asyncio.Context()
         try:
             self._pub = self._socket(zmq.PUB)
@@ -189,9 +219,10 @@ class Node:
         if self._ctx is None:
             return
         try:
+            self._flush_unsent()
             self._send_pub(
                 _HB_FRAME,
-                encode_header(Kind.BYE, self.node_id, self.incarnation, self.seq, time.time_ns()),
+                encode_header(Kind.BYE, self.node_id, self.incarnation, self.sent_seq, time.time_ns()),
                 b"",
             )
         except Exception:
@@ -212,6 +243,8 @@ class Node:
         self._links.clear()
         for sock in (self._sub, self._router, self._pub):
             sock.close()
+        if self.log is not None:
+            await self.log.aclose()
         ctx, self._ctx = self._ctx, None
         # term() waits for LINGER so queued BYEs and replies leave; keep it off the loop.
         await asyncio.to_thread(ctx.term)
@@ -233,13 +266,42 @@ class Node:
         self.seq += 1
         return self.seq
 
-    def send_event(self, tframe: bytes, header: bytes, payload: bytes, seq: int) -> None:
-        """Send one encoded event on PUB and keep it for replay."""
+    def send_event(
+        self, topic: str, tframe: bytes, header: bytes, payload: bytes, seq: int, ts: int
+    ) -> None:
+        """Send one encoded event on PUB and keep it for replay (and in the log)."""
         frames = (tframe, header, payload)
         if self._reliable:
             self._ring.add(seq, frames, len(header) + len(payload) + len(tframe))
-        self._send_pub(tframe, header, payload)
         self.stats.published += 1
+        if self.log is None:
+            self._send_pub(tframe, header, payload)
+            self.sent_seq = seq
+            return
+        # Logged before sent: the record reaches the OS before the event reaches the wire, so
+        # a killed publisher never comes back without an event a subscriber already has.
+        self.log.append_nowait(LogRecord(seq, ts, topic, header, payload))
+        self._unsent.append(frames)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_unsent)
+
+    def _flush_unsent(self) -> None:
+        """Write logged records to the OS, then send them: one write per loop iteration."""
+        self._flush_scheduled = False
+        if not self._unsent or self.log is None:
+            return
+        unsent, self._unsent = self._unsent, []
+        self.log.flush()
+        for tframe, header, payload in unsent:
+            self._send_pub(tframe, header, payload)
+        self.sent_seq += len(unsent)
+
+    async def wait_durable(self) -> None:
+        """Return once every event published so far is in the log under its fsync policy."""
+        if self.log is None:
+            raise StorageError("acknowledged publish needs enable_persistence=True")
+        await self.log.wait_durable()
 
     def set_served(self, topics: set[str]) -> None:
         """Topics this node answers requests for; peers learn them at once."""
@@ -304,8 +366,15 @@ class Node:
         assert self._ctx is not None
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-        sock.setsockopt(zmq.RCVHWM, self.config.recv_hwm)
+        if kind in (zmq.PUB, zmq.SUB):
+            sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
+            sock.setsockopt(zmq.RCVHWM, self.config.recv_hwm)
+        else:
+            # Requests, HELLOs and replays: room for several full NACK replays, whatever the
+            # event stream's own marks are.
+            hwm = max(self.config.send_hwm, self.config.recv_hwm, 8 * _timing.NACK_MAX_RANGE)
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
         if kind != zmq.PUB:
             sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
         return sock
@@ -401,20 +470,23 @@ class Node:
         """Sequence one event and deliver what became deliverable."""
         self.stats.received += 1
         stream = self._streams.get(header.source)
-        if stream is None or stream.incarnation != header.incarnation:
+        if stream is None or (stream.incarnation != header.incarnation and not stream.durable):
             self.stats.unknown_source += 1
             return None
         self.peers.heard(header.source, time.monotonic())
         if not self._reliable:
-            return self._cb.deliver(topic, header, frames[2])
-        ready = stream.tracker.offer(header.seq, (frames[0], frames[1], frames[2]), replayed=replayed)
+            return self._cb.deliver(topic, header, frames[2], False)
+        tracker = stream.tracker
+        ready = tracker.offer(header.seq, (frames[0], frames[1], frames[2]), replayed=replayed)
         if not ready:
+            if not tracker.repairing and tracker.in_gap:
+                self._repair(header.source, stream)  # ask at once, not at the next tick
             return None
         if len(ready) == 1 and ready[0][1] is frames[1]:
-            return self._cb.deliver(topic, header, frames[2])
-        return self._deliver_many(ready)
+            return self._cb.deliver(topic, header, frames[2], header.seq <= stream.history_until)
+        return self._deliver_many(stream, ready)
 
-    def _deliver_many(self, ready: list[Frames]) -> Awaitable[None] | None:
+    def _deliver_many(self, stream: _Stream, ready: list[Frames]) -> Awaitable[None] | None:
         waits: list[Awaitable[None]] = []
         for tframe, hbytes, payload in ready:
             try:
@@ -422,19 +494,22 @@ class Node:
                 topic = split_topic(tframe)
             except DecodeError:  # already decoded once; cannot fail, but stay safe
                 continue
+            history = header.seq <= stream.history_until
             if waits:
                 # Keep order: once one delivery must wait, the rest wait behind it.
-                waits.append(self._deliver_later(topic, header, payload))
+                waits.append(self._deliver_later(topic, header, payload, history))
                 continue
-            pending = self._cb.deliver(topic, header, payload)
+            pending = self._cb.deliver(topic, header, payload, history)
             if pending is not None:
                 waits.append(pending)
         if not waits:
             return None
         return self._await_all(waits)
 
-    async def _deliver_later(self, topic: str, header: Header, payload: bytes) -> None:
-        pending = self._cb.deliver(topic, header, payload)
+    async def _deliver_later(
+        self, topic: str, header: Header, payload: bytes, history: bool
+    ) -> None:
+        pending = self._cb.deliver(topic, header, payload, history)
         if pending is not None:
             await pending
 
@@ -540,13 +615,16 @@ class Node:
             "addr": self.address,
             "v": PROTOCOL_VERSION,
             "served": sorted(self._served),
+            "durable": self.log is not None,
+            "first": self.oldest_available(),
+            "inc_first": self.first_seq,
         }
         if cluster != self.config.cluster:
             reply_body["error"] = f"cluster mismatch: this node is in {self.config.cluster!r}"
         elif header.source == self.node_id:
             reply_body["error"] = "node id in use"
         hdr = encode_header(
-            Kind.HELLO_REPLY, self.node_id, self.incarnation, self.seq, time.time_ns(),
+            Kind.HELLO_REPLY, self.node_id, self.incarnation, self.sent_seq, time.time_ns(),
             correlation_id=header.correlation_id,
         )
         self._reply(ident, _CTL_FRAME, hdr, pack_control(reply_body))
@@ -562,22 +640,44 @@ class Node:
             raise DecodeError(f"HELLO body incomplete: {exc}") from exc
         self.consider(ann)
 
+    def oldest_available(self) -> int:
+        """Lowest seq this node can still replay."""
+        if self.log is not None:
+            return self.log.first_seq or (self.sent_seq + 1)
+        return self._ring.oldest or (self.sent_seq + 1)
+
     def _serve_nack(self, ident: bytes, header: Header, payload: bytes) -> None:
-        body = unpack_control(payload, self._limits)
-        if not (isinstance(body, list) and len(body) == 2 and all(type(x) is int for x in body)):
-            raise DecodeError("NACK body must be [first, last]")
-        first, last = body
-        last = min(last, self.seq, first + _timing.NACK_MAX_RANGE - 1)
-        oldest = self._ring.oldest or (self.seq + 1)
-        for seq in range(max(first, oldest), last + 1):
+        first, last, runs = _parse_nack(unpack_control(payload, self._limits))
+        last = min(last, self.sent_seq, first + _timing.NACK_MAX_RANGE - 1)
+        oldest = self.oldest_available()
+        for lo, hi in runs if runs is not None else [(first, last)]:
+            if not self._replay(ident, max(lo, first, oldest), min(hi, last)):
+                break  # the peer's queue is full; it will ask again
+        end = encode_header(
+            Kind.REPLAY_END, self.node_id, self.incarnation, self.sent_seq, time.time_ns()
+        )
+        self._reply(ident, _CTL_FRAME, end, pack_control([first, last, oldest]))
+
+    def _replay(self, ident: bytes, seq: int, last: int) -> bool:
+        """Send ``seq..last`` from the ring, or the log when the ring is past them."""
+        ring_oldest = self._ring.oldest or (self.sent_seq + 1)
+        if self.log is not None and seq < ring_oldest and seq <= last:
+            # A bounded range, read from the page cache.
+            for record in self.log.read_range(seq, min(last, ring_oldest - 1)):
+                if not self._reply(ident, topic_frame(record.topic), record.header,
+                                   record.payload):
+                    return False
+                self.stats.replays_served += 1
+            seq = ring_oldest
+        while seq <= last:
             frames = self._ring.get(seq)
+            seq += 1
             if frames is None:
                 continue
             if not self._reply(ident, *frames):
-                break  # the peer's queue is full; it will ask again
+                return False
             self.stats.replays_served += 1
-        end = encode_header(Kind.REPLAY_END, self.node_id, self.incarnation, self.seq, time.time_ns())
-        self._reply(ident, _CTL_FRAME, end, pack_control([first, last, oldest]))
+        return True
 
     # ------------------------------------------------------------------ DEALER links
 
@@ -698,11 +798,69 @@ class Node:
             incarnation=ann.incarnation, state=PeerState.ALIVE, first_seen=now, last_seen=now,
             served=served, last_seq=header.seq,
         )
+        peer.durable = bool(body.get("durable", False))
+        inc_first = body.get("inc_first")
         self.peers.add(peer)
-        self._streams[ann.node_id] = _Stream(ann.incarnation, StreamTracker(header.seq + 1))
+        self._streams[ann.node_id] = self._new_stream(
+            peer, header.seq, inc_first if type(inc_first) is int else None
+        )
         self._sub.connect(peer.pub_endpoint)
         self._peer_change.set()
         self._cb.system("$frys.peer.joined", _peer_dict(peer))
+
+    def _new_stream(self, peer: PeerInfo, hello_seq: int, inc_first: int | None) -> _Stream:
+        """Where to start reading a publisher we just met (HELLO answered at ``hello_seq``).
+
+        Just after ``hello_seq`` when the publisher was running before this node started.
+        A publisher that started after this node is read from the first event of its
+        incarnation (``inc_first``), so nothing it published before the two met is missed.
+        A durable publisher is read from earlier when this node was reading it before it
+        restarted (``_resume``), or when a durable subscription has handled it only up to
+        some seq: that range is replayed from its log.
+        """
+        start = hello_seq + 1
+        history_until = hello_seq
+        if inc_first is not None and peer.incarnation > self.incarnation and inc_first < start:
+            start = inc_first
+            history_until = inc_first - 1
+        if peer.durable:
+            resume = self._resume.pop(peer.node_id, None)
+            if resume is not None:
+                if resume > start:
+                    log.warning("%s came back at seq %d, behind the %d we had: its log lost "
+                                "records", peer.node_id, hello_seq, resume - 1)
+                else:
+                    start = resume
+                    history_until = resume - 1
+        floor = self._cb.durable_floor(peer.node_id, peer.incarnation, peer.durable)
+        if floor is not None and floor + 1 < start:
+            start = floor + 1
+        tracker: StreamTracker[Frames] = StreamTracker(start)
+        tracker.observe_last(hello_seq)
+        return _Stream(peer.incarnation, tracker, peer.durable, history_until)
+
+    def rewind(self, source: str, next_seq: int) -> None:
+        """Re-read ``source`` from ``next_seq`` for a durable subscription created late.
+
+        What this node has already delivered becomes history: only durable subscriptions
+        see it again (and skip what their cursor says they handled).
+        """
+        stream = self._streams.get(source)
+        if stream is None or next_seq >= stream.tracker.next_seq:
+            return
+        old = stream.tracker
+        stream.history_until = max(stream.history_until, old.next_seq - 1)
+        stream.tracker = StreamTracker(next_seq)
+        stream.tracker.observe_last(old.known_last)
+
+    def is_durable(self, source: str) -> bool:
+        stream = self._streams.get(source)
+        return stream is not None and stream.durable
+
+    def can_replay(self, source: str, incarnation: int) -> bool:
+        """Whether seqs recorded under ``incarnation`` can be replayed by ``source`` now."""
+        stream = self._streams.get(source)
+        return stream is not None and (stream.durable or stream.incarnation == incarnation)
 
     def _on_replay_end(self, header: Header, payload: bytes) -> None:
         body = unpack_control(payload, self._limits)
@@ -715,6 +873,7 @@ class Node:
         gap = stream.tracker.replay_done(body[0], body[1], body[2])
         if gap is not None:
             self._report_gap(header.source, stream, gap)
+        self._repair(header.source, stream)  # the next window, if there is one
 
     # ------------------------------------------------------------------ membership
 
@@ -742,7 +901,10 @@ class Node:
     def _drop_peer(self, peer: PeerInfo, reason: str, keep_link: _Link | None = None) -> None:
         self.peers.remove(peer.node_id)
         stream = self._streams.pop(peer.node_id, None)
-        if stream is not None:
+        if stream is not None and stream.durable:
+            # Nothing is lost yet: it is in the publisher's log. Resume there if it returns.
+            self._resume[peer.node_id] = stream.tracker.next_seq
+        elif stream is not None:
             gap = stream.tracker.abandon()
             if gap is not None:
                 self._report_gap(peer.node_id, stream, gap)
@@ -776,14 +938,16 @@ class Node:
              "last": gap.last, "count": count, "reason": gap.reason},
         )
         if released:
-            pending = self._deliver_many(released)
+            pending = self._deliver_many(stream, released)
             if pending is not None:
                 self._spawn(pending, "deliver-after-gap")  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ timers
 
     def _send_heartbeat(self) -> None:
-        hdr = encode_header(Kind.HEARTBEAT, self.node_id, self.incarnation, self.seq, time.time_ns())
+        hdr = encode_header(
+            Kind.HEARTBEAT, self.node_id, self.incarnation, self.sent_seq, time.time_ns()
+        )
         body = pack_control({"served": sorted(self._served), "load": self.load()})
         self._send_pub(_HB_FRAME, hdr, body)
 
@@ -804,14 +968,18 @@ class Node:
                 self._drop_peer(peer, "expired")
             if self._reliable:
                 for source, stream in list(self._streams.items()):
-                    action = stream.tracker.poll(now)
-                    if isinstance(action, Nack):
-                        self._send_nack(source, stream, action)
-                    elif isinstance(action, Gap):
-                        self._report_gap(source, stream, action)
+                    self._repair(source, stream, now)
             for link in list(self._links.values()):
                 if link.node_id is None and now - link.hello_at > _timing.HELLO_RETRY:
                     self._send_hello(link)
+
+    def _repair(self, source: str, stream: _Stream, now: float | None = None) -> None:
+        """Act on the stream's gap, if any: NACK it, or report what cannot be had."""
+        action = stream.tracker.poll(time.monotonic() if now is None else now)
+        if isinstance(action, Nack):
+            self._send_nack(source, stream, action)
+        elif isinstance(action, Gap):
+            self._report_gap(source, stream, action)
 
     def _send_nack(self, source: str, stream: _Stream, nack: Nack) -> None:
         link = self._link_of(source)
@@ -819,10 +987,30 @@ class Node:
             return
         hdr = encode_header(Kind.NACK, self.node_id, self.incarnation, 0, time.time_ns())
         try:
-            self._send_link(link, _CTL_FRAME, hdr, pack_control([nack.first, nack.last]))
+            body = [nack.first, nack.last, [list(run) for run in nack.missing]]
+            self._send_link(link, _CTL_FRAME, hdr, pack_control(body))
             self.stats.nacks_sent += 1
         except TransportError:
             pass  # asked again after the NACK timeout
+
+
+def _parse_nack(body: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
+    """``[first, last]`` or ``[first, last, [[lo, hi], ...]]``; raises DecodeError."""
+    if not (isinstance(body, list) and len(body) in (2, 3)):
+        raise DecodeError("NACK body must be [first, last, runs?]")
+    first, last = body[0], body[1]
+    if type(first) is not int or type(last) is not int:
+        raise DecodeError("NACK first/last must be integers")
+    if len(body) == 2:
+        return first, last, None
+    runs: list[tuple[int, int]] = []
+    if not isinstance(body[2], list) or len(body[2]) > _timing.NACK_MAX_RANGE:
+        raise DecodeError("NACK runs must be a short list")
+    for run in body[2]:
+        if not (isinstance(run, list) and len(run) == 2 and all(type(x) is int for x in run)):
+            raise DecodeError("a NACK run must be [lo, hi]")
+        runs.append((run[0], run[1]))
+    return first, last, runs
 
 
 def _peer_dict(peer: PeerInfo) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class PeerInfo:
     served: frozenset[str] = frozenset()
     load: float = 0.0
     last_seq: int = 0
+    #: The peer keeps a durable log (its events replay across its restarts).
+    durable: bool = False
     #: Our SUB has heard this peer's PUB (its events reach us).
     receiving: bool = False
     #: The peer told us its SUB hears our PUB (our events reach it).

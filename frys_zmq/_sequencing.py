@@ -21,10 +21,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Nack:
-    """Ask the publisher to replay ``first..last`` (inclusive)."""
+    """Ask the publisher to replay the ``missing`` runs (inclusive) of ``first..last``."""
 
     first: int
     last: int
+    missing: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,11 @@ class StreamTracker(Generic[T]):
     def in_gap(self) -> bool:
         return self.known_last >= self.next_seq
 
+    @property
+    def repairing(self) -> bool:
+        """A NACK is out and not yet answered."""
+        return self._outstanding is not None
+
     def offer(self, seq: int, item: T, *, replayed: bool = False) -> list[T]:
         """Take one event; return the events now deliverable, in order."""
         if seq == self.next_seq and not self._pending:
@@ -132,7 +138,10 @@ class StreamTracker(Generic[T]):
             self._attempts = 0
             self._outstanding = None
             return Gap(first, self._missing_end(), "publisher did not answer the NACK")
-        nack = Nack(first, min(self._missing_end(), first + self._max_range - 1))
+        # One NACK covers a whole window and lists every missing run in it: under heavy loss
+        # the runs are short and many, and one round trip per run would crawl.
+        last = min(self.known_last, first + self._max_range - 1)
+        nack = Nack(first, last, self._missing_runs(first, last))
         self._outstanding = nack
         self._nack_deadline = now + timeout
         return nack
@@ -166,6 +175,21 @@ class StreamTracker(Generic[T]):
         if not self.in_gap:
             return None
         return Gap(self.next_seq, self.known_last, "publisher expired")
+
+    def _missing_runs(self, first: int, last: int) -> tuple[tuple[int, int], ...]:
+        pending = self._pending
+        runs: list[tuple[int, int]] = []
+        start: int | None = None
+        for seq in range(first, last + 1):
+            if seq in pending:
+                if start is not None:
+                    runs.append((start, seq - 1))
+                    start = None
+            elif start is None:
+                start = seq
+        if start is not None:
+            runs.append((start, last))
+        return tuple(runs)
 
     def _missing_end(self) -> int:
         """Last seq of the first missing run."""

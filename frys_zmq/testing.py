@@ -10,8 +10,10 @@ this project use it, and so can users testing their own services against a local
         await a.call("publish", topic="orders.new", payload={"id": 1})
         event = await b.next_event(timeout=5)
 
-Commands (``call(cmd, **args)``): ``subscribe(pattern)``, ``publish(topic, payload,
-metadata)``, ``publish_many(topic, count, start=0)`` (payload ``{"n": i}``),
+Commands (``call(cmd, **args)``): ``subscribe(pattern, durable=None, quiet=False)`` (quiet:
+keep events in the node, see ``received``), ``publish(topic, payload, metadata)``,
+``publish_many(topic, count, start=0, background=False, ack=False, batch=False)`` (payload ``{"n": i}``),
+``received()`` (payload ``n`` of every quiet event, in arrival order), ``published()``,
 ``handle(topic, mode=echo|error|slow|sum, delay)``, ``request(topic, payload, timeout)``,
 ``wait_peers(n, timeout)``, ``peers()``, ``metrics()``, ``quit()``.
 """
@@ -73,6 +75,7 @@ class NodeProcess:
         self.proc = await asyncio.create_subprocess_exec(
             *args, *self._extra, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            limit=64 * 1024 * 1024,  # a reply may list every event received
         )
         started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[0] = started
@@ -141,11 +144,16 @@ class NodeProcess:
         return out
 
     async def kill(self) -> None:
-        """SIGKILL the node (no goodbye) and reap it."""
+        """SIGKILL the node (no goodbye) and reap it; what it printed before is kept."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
+        # Read what is still in the pipes: events the node reported before it died.
+        for task in (self._reader, self._err_reader):
+            if task is not None and not task.done():
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), 5)
         await self._stop_readers()
 
     async def aclose(self, timeout: float = 10.0) -> None:
@@ -193,6 +201,13 @@ async def _agent(ns: argparse.Namespace) -> None:
         overrides["peer_ttl"] = ns.ttl
     if ns.recv_hwm:
         overrides["recv_hwm"] = ns.recv_hwm
+    if ns.send_hwm:
+        overrides["send_hwm"] = ns.send_hwm
+    if ns.data_dir:
+        overrides["data_dir"] = ns.data_dir
+    if ns.persist:
+        overrides["enable_persistence"] = True
+        overrides["fsync_policy"] = ns.fsync
     if ns.static:
         overrides["cluster_peers"] = tuple(ns.static)
         overrides["discovery_strategy"] = "static"
@@ -209,6 +224,24 @@ async def _agent(ns: argparse.Namespace) -> None:
 
     async with frys.EventBus(config) as bus:
         emit({"id": 0, "ok": True, "result": {"node_id": bus.node_id, **bus.endpoints}})
+
+        quiet_ns: list[Any] = []
+        background: list[asyncio.Task[None]] = []
+        published = [0]
+
+        def on_quiet(event: frys.Event) -> None:
+            quiet_ns.append(event.payload.get("n") if isinstance(event.payload, dict) else None)
+
+        async def publish_many(topic: str, start: int, count: int, ack: bool, batch: bool) -> None:
+            if batch:  # all at once, without yielding to the loop: as fast as it gets
+                await bus.publish_batch([(topic, {"n": i}) for i in range(start, start + count)])
+                published[0] += count
+                return
+            for i in range(start, start + count):
+                await bus.publish(topic, {"n": i}, ack=ack)
+                published[0] += 1
+                if i % 64 == 0:
+                    await asyncio.sleep(0)  # let the node breathe: heartbeats, NACKs
 
         def on_event(event: frys.Event) -> None:
             emit({"event": {"topic": event.topic, "payload": event.payload,
@@ -236,15 +269,24 @@ async def _agent(ns: argparse.Namespace) -> None:
             try:
                 result: Any = None
                 if cmd == "subscribe":
-                    bus.subscribe(msg["pattern"], on_event)
+                    handler = on_quiet if msg.get("quiet") else on_event
+                    bus.subscribe(msg["pattern"], handler, durable=msg.get("durable"))
                 elif cmd == "publish":
                     ev = await bus.publish(msg["topic"], msg.get("payload"),
                                            metadata=msg.get("metadata"))
                     result = ev.seq
                 elif cmd == "publish_many":
-                    start = int(msg.get("start", 0))
-                    for i in range(start, start + int(msg["count"])):
-                        await bus.publish(msg["topic"], {"n": i})
+                    job = publish_many(msg["topic"], int(msg.get("start", 0)),
+                                       int(msg["count"]), bool(msg.get("ack", False)),
+                                       bool(msg.get("batch", False)))
+                    if msg.get("background"):
+                        background.append(asyncio.create_task(job))
+                    else:
+                        await job
+                elif cmd == "received":
+                    result = quiet_ns
+                elif cmd == "published":
+                    result = published[0]
                 elif cmd == "handle":
                     await bus.handle_request(
                         msg["topic"], make_handler(msg.get("mode", "echo"), msg.get("delay", 0))
@@ -285,7 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat", type=float, default=None)
     parser.add_argument("--ttl", type=float, default=None)
     parser.add_argument("--recv-hwm", type=int, default=None)
+    parser.add_argument("--send-hwm", type=int, default=None)
     parser.add_argument("--static", action="append", default=[])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--persist", action="store_true")
+    parser.add_argument("--fsync", default="interval")
     ns = parser.parse_args(argv)
     try:
         asyncio.run(_agent(ns))
