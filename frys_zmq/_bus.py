@@ -24,7 +24,6 @@ from ._errors import (
     HandlerError,
     NoResponders,
     NotStarted,
-    RequestError,
     StorageError,
     TransportError,
 )
@@ -105,8 +104,12 @@ class EventBus:
         if self.config.enable_distributed:
             node = Node(
                 self.config,
-                NodeCallbacks(deliver=self._deliver_remote, serve=self._serve_remote,
-                              system=self._system_event, durable_floor=self._durable_floor),
+                NodeCallbacks(
+                    deliver=self._deliver_remote,
+                    serve=self._serve_remote,
+                    system=self._system_event,
+                    durable_floor=self._durable_floor,
+                ),
             )
             await node.start()
             self._node = node
@@ -184,7 +187,11 @@ class EventBus:
         return event
 
     def _publish_nowait(
-        self, topic: str, payload: Any, metadata: Mapping[str, Any] | None, *,
+        self,
+        topic: str,
+        payload: Any,
+        metadata: Mapping[str, Any] | None,
+        *,
         system: bool = False,
     ) -> tuple[Event, list[Subscription] | None]:
         self._check_open()
@@ -201,8 +208,15 @@ class EventBus:
             self._local_seq += 1
             seq = self._local_seq
         self.published += 1
-        event = Event(topic, payload, metadata=meta, source=self.node_id,
-                      incarnation=self._incarnation, seq=seq, timestamp_ns=ts)
+        event = Event(
+            topic,
+            payload,
+            metadata=meta,
+            source=self.node_id,
+            incarnation=self._incarnation,
+            seq=seq,
+            timestamp_ns=ts,
+        )
         subs = self._dispatcher.matches(topic)
         if not subs:
             return event, None
@@ -219,6 +233,9 @@ class EventBus:
             if blocked:
                 await self._dispatcher.wait_blocked(event, blocked)
             out.append(event)
+            if len(out) % _BATCH_YIELD == 0:
+                # A huge batch must not starve heartbeats and NACK answers of this node.
+                await asyncio.sleep(0)
         return out
 
     def publisher(self, topic: str) -> Publisher:
@@ -244,9 +261,7 @@ class EventBus:
             return self._dispatcher.subscribe(pattern, handler)
         return self._subscribe_durable(pattern, handler, durable)
 
-    def _subscribe_durable(
-        self, pattern: str, handler: Handler | None, name: str
-    ) -> Subscription:
+    def _subscribe_durable(self, pattern: str, handler: Handler | None, name: str) -> Subscription:
         """A subscription whose progress per publisher survives this process.
 
         After each handled event its ``(incarnation, seq)`` is written to a cursor file; on
@@ -359,19 +374,32 @@ class EventBus:
             except Exception as exc:
                 return Reply.Error(_as_handler_error(exc), self.node_id)
             return Reply.Success(value, self.node_id)
-        assert self._node is not None
+        node = self._node
+        assert node is not None
         peer = remote[pick]
         data, flags = self._codec.encode(payload)
-        try:
-            header, body = await self._node.request(peer, topic, data, flags, meta, timeout)
-        except TimeoutError:
-            return Reply.Timeout(timeout, topic)
-        except asyncio.CancelledError:
-            if self._closed:
-                raise
-            return Reply.Error(RequestError(f"{peer.node_id} left before replying"), peer.node_id)
-        except TransportError as exc:
-            return Reply.Error(exc, peer.node_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        tried: set[str] = set()
+        backoff = 0.01
+        while True:
+            tried.add(peer.node_id)
+            try:
+                left = max(0.0, deadline - loop.time())
+                header, body = await node.request(peer, topic, data, flags, meta, left)
+                break
+            except TimeoutError:
+                return Reply.Timeout(timeout, topic)
+            except TransportError as exc:
+                # The node left (or cannot be reached): try another one that serves the
+                # topic, with exponential backoff, within the same deadline. Handlers that
+                # may run twice this way should be idempotent.
+                others = [p for p in node.servers_of(topic) if p.node_id not in tried]
+                if not others or loop.time() + backoff >= deadline:
+                    return Reply.Error(exc, peer.node_id)
+                await asyncio.sleep(backoff)
+                backoff *= 2
+                peer = others[next(self._rr) % len(others)]
         if header.content_type == "frys/error":
             try:
                 info = unpack_control(body, self.config.limits)
@@ -398,7 +426,11 @@ class EventBus:
     ) -> tuple[bool, bytes, int]:
         handler = self._local_handler(topic)
         if handler is None:
-            return False, pack_control({"type": "NoResponders", "message": f"{topic} not served"}), 0
+            return (
+                False,
+                pack_control({"type": "NoResponders", "message": f"{topic} not served"}),
+                0,
+            )
         assert self._request_sem is not None
         try:
             value = self._codec.decode(payload, header.flags)
@@ -407,8 +439,9 @@ class EventBus:
             return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
         async with self._request_sem:
             try:
-                req = Request(topic, value, header.metadata or {}, header.source,
-                              header.correlation_id or "")
+                req = Request(
+                    topic, value, header.metadata or {}, header.source, header.correlation_id or ""
+                )
                 result = await self._call(handler, req)
                 data, flags = self._codec.encode(result)
                 return True, data, flags
@@ -432,9 +465,15 @@ class EventBus:
         except DecodeError as exc:
             self._count_decode_error(header.source, exc)
             return None
-        event = Event(topic, value, metadata=header.metadata, source=header.source,
-                      incarnation=header.incarnation, seq=header.seq,
-                      timestamp_ns=header.timestamp_ns)
+        event = Event(
+            topic,
+            value,
+            metadata=header.metadata,
+            source=header.source,
+            incarnation=header.incarnation,
+            seq=header.seq,
+            timestamp_ns=header.timestamp_ns,
+        )
         self._latency.add(time.time_ns() - header.timestamp_ns)
         blocked = self._dispatcher.dispatch_nowait(event, subs)
         if blocked:
@@ -451,9 +490,14 @@ class EventBus:
         if len(topic.encode()) > 255:
             topic = "$frys.dlq"
         body = {
-            "topic": event.topic, "payload": event.payload, "metadata": dict(event.metadata),
-            "source": event.source, "seq": event.seq, "pattern": sub.pattern,
-            "error": f"{type(exc).__name__}: {exc}", "attempts": attempts,
+            "topic": event.topic,
+            "payload": event.payload,
+            "metadata": dict(event.metadata),
+            "source": event.source,
+            "seq": event.seq,
+            "pattern": sub.pattern,
+            "error": f"{type(exc).__name__}: {exc}",
+            "attempts": attempts,
         }
         try:
             _, blocked = self._publish_nowait(topic, body, None, system=True)
@@ -471,8 +515,13 @@ class EventBus:
     def _system_event(self, topic: str, payload: dict[str, Any]) -> None:
         if self._closed:
             return
-        event = Event(topic, payload, source=self.node_id, incarnation=self._incarnation,
-                      timestamp_ns=time.time_ns())
+        event = Event(
+            topic,
+            payload,
+            source=self.node_id,
+            incarnation=self._incarnation,
+            timestamp_ns=time.time_ns(),
+        )
         subs = self._dispatcher.matches(topic)
         if subs:
             # System events never block the node: a full queue drops them (counted).
@@ -500,9 +549,7 @@ class EventBus:
             ready = await self._node.wait_for_peers(n, timeout)
         except TimeoutError:
             have = len(self._node.ready_peers())
-            raise PeerWaitTimeout(
-                f"{have} of {n} peers ready after {timeout:g}s"
-            ) from None
+            raise PeerWaitTimeout(f"{have} of {n} peers ready after {timeout:g}s") from None
         return [replace(p) for p in ready]
 
     async def connect(self, endpoint: str) -> None:
@@ -518,8 +565,10 @@ class EventBus:
         if self._node is None:
             return {}
         n = self._node
-        return {"pub": f"tcp://{n.address}:{n.pub_port}",
-                "router": f"tcp://{n.address}:{n.router_port}"}
+        return {
+            "pub": f"tcp://{n.address}:{n.pub_port}",
+            "router": f"tcp://{n.address}:{n.router_port}",
+        }
 
     # ------------------------------------------------------------------ metrics
 
@@ -546,8 +595,8 @@ class EventBus:
                 peers=len(self._node.peers),
                 peers_ready=len(self._node.ready_peers()),
                 received=st.received,
-                duplicates=st.duplicates + sum(
-                    s.tracker.duplicates for s in self._node._streams.values()),
+                duplicates=st.duplicates
+                + sum(s.tracker.duplicates for s in self._node._streams.values()),
                 repaired=sum(s.tracker.repaired for s in self._node._streams.values()),
                 gaps=st.gaps,
                 gap_events=st.gap_events,
@@ -561,6 +610,10 @@ class EventBus:
                 seq=self._node.seq,
             )
         return metrics
+
+
+#: ``publish_batch`` lets the event loop run after this many events.
+_BATCH_YIELD = 1024
 
 
 class PeerWaitTimeout(FrysError, TimeoutError):
@@ -601,4 +654,3 @@ class _Latency:
             "p50": s[len(s) // 2] / 1e6,
             "p99": s[min(len(s) - 1, int(len(s) * 0.99))] / 1e6,
         }
-

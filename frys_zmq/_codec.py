@@ -25,8 +25,8 @@ from itertools import repeat
 from operator import getitem
 from typing import Any, Final
 
-import lz4.frame  # type: ignore[import-untyped]
-import msgpack  # type: ignore[import-untyped]
+import lz4.frame
+import msgpack
 
 from ._errors import (
     ConfigError,

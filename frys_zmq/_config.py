@@ -44,9 +44,7 @@ class DeliveryMode(enum.StrEnum):
 def validate_name(value: object, what: str) -> str:
     """Return ``value`` if it is a valid node id or cluster name, else raise ConfigError."""
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise ConfigError(
-            f"{what} must be 1-31 letters, digits, '-' or '_', got {value!r}"
-        )
+        raise ConfigError(f"{what} must be 1-31 letters, digits, '-' or '_', got {value!r}")
     return value
 
 
@@ -223,8 +221,16 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False,
-         "no": False, "off": False}
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -253,8 +259,11 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(p.strip() for p in value.split(",") if p.strip())
     if name in ("retention_period", "retention_bytes"):
         try:
-            return None if value == "" else (float(value) if name == "retention_period"
-                                             else int(value))
+            return (
+                None
+                if value == ""
+                else (float(value) if name == "retention_period" else int(value))
+            )
         except ValueError as exc:
             raise ConfigError(f"cannot read {name}={value!r}") from exc
     if name in ("interface", "data_dir") and value == "":

@@ -210,7 +210,9 @@ class Dispatcher:
         sub._start()
         return sub
 
-    def dead_letter(self, sub: Subscription, event: Event, exc: BaseException, attempts: int) -> None:
+    def dead_letter(
+        self, sub: Subscription, event: Event, exc: BaseException, attempts: int
+    ) -> None:
         self.dead_letters += 1
         if self._on_dead_letter is not None:
             self._on_dead_letter(sub, event, exc, attempts)

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-import lz4.block  # type: ignore[import-untyped]
+import lz4.block
 
 from ._errors import AlreadyClosed, ChecksumError, ConfigError, NotStarted, StorageError
 

@@ -8,11 +8,12 @@ the zmq.asyncio sockets are only touched from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -142,6 +143,7 @@ class Node:
         self._links: dict[str, _Link] = {}  # by ROUTER endpoint
         self._served: set[str] = set()
         self._pending: dict[str, asyncio.Future[tuple[Header, bytes]]] = {}
+        self._pending_peer: dict[str, str] = {}  # correlation id -> node asked
         self._corr = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peer_change = asyncio.Event()
@@ -186,9 +188,9 @@ class Node:
             self._ctx.destroy(linger=0)
             raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
         # Plain (non-asyncio) views of the same sockets for non-blocking hot-path I/O.
-        self._pub_sync = zmq.Socket.shadow(self._pub.underlying)
-        self._sub_sync = zmq.Socket.shadow(self._sub.underlying)
-        self._router_sync = zmq.Socket.shadow(self._router.underlying)
+        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._pub.underlying)
+        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+        self._router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._router.underlying)
         if cfg.interface is None:
             self.address = _primary_address()
         self._spawn(self._sub_loop(), "sub")
@@ -222,7 +224,9 @@ class Node:
             self._flush_unsent()
             self._send_pub(
                 _HB_FRAME,
-                encode_header(Kind.BYE, self.node_id, self.incarnation, self.sent_seq, time.time_ns()),
+                encode_header(
+                    Kind.BYE, self.node_id, self.incarnation, self.sent_seq, time.time_ns()
+                ),
                 b"",
             )
         except Exception:
@@ -336,8 +340,13 @@ class Node:
         ]
 
     async def request(
-        self, peer: PeerInfo, topic: str, payload: bytes, flags: int,
-        metadata: dict[str, Any] | None, timeout: float,
+        self,
+        peer: PeerInfo,
+        topic: str,
+        payload: bytes,
+        flags: int,
+        metadata: dict[str, Any] | None,
+        timeout: float,
     ) -> tuple[Header, bytes]:
         """Send a request to ``peer``; wait for its reply (raises TimeoutError)."""
         link = self._link_of(peer.node_id)
@@ -346,8 +355,15 @@ class Node:
         corr = f"{self.incarnation:x}.{next(self._corr)}"
         fut: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
+        self._pending_peer[corr] = peer.node_id
         header = encode_header(
-            Kind.REQUEST, self.node_id, self.incarnation, 0, time.time_ns(), metadata, flags,
+            Kind.REQUEST,
+            self.node_id,
+            self.incarnation,
+            0,
+            time.time_ns(),
+            metadata,
+            flags,
             correlation_id=corr,
         )
         try:
@@ -356,6 +372,7 @@ class Node:
                 return await fut
         finally:
             self._pending.pop(corr, None)
+            self._pending_peer.pop(corr, None)
 
     def load(self) -> float:
         return float(self._process.cpu_percent(None))
@@ -388,29 +405,36 @@ class Node:
 
     def _send_pub(self, tframe: bytes, header: bytes, payload: bytes) -> None:
         try:
-            self._pub_sync.send_multipart((tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+            self._pub_sync.send_multipart(
+                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+            )
         except zmq.Again:
             # PUB never blocks; EAGAIN only with XPUB_NODROP-like setups. Count it.
             self.stats.send_dropped += 1
 
     def _send_link(self, link: _Link, tframe: bytes, header: bytes, payload: bytes) -> None:
         try:
-            link.socket.send_multipart((tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+            link.socket.send_multipart(
+                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+            )
         except zmq.Again:
             self.stats.send_dropped += 1
             raise TransportError(f"send queue to {link.node_id or link.endpoint} is full") from None
 
     def _reply(self, ident: bytes, tframe: bytes, header: bytes, payload: bytes) -> bool:
         try:
-            self._router_sync.send_multipart((ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536)
+            self._router_sync.send_multipart(
+                (ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+            )
             return True
         except zmq.ZMQError as exc:  # EAGAIN (full) or EHOSTUNREACH (gone)
             self.stats.send_dropped += 1
             log.debug("reply dropped: %s", exc)
             return False
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"frys-{self.node_id}-{name}")  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[Any] = loop.create_task(coro, name=f"frys-{self.node_id}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -477,6 +501,8 @@ class Node:
         if not self._reliable:
             return self._cb.deliver(topic, header, frames[2], False)
         tracker = stream.tracker
+        if replayed:
+            tracker.progress(time.monotonic())
         ready = tracker.offer(header.seq, (frames[0], frames[1], frames[2]), replayed=replayed)
         if not ready:
             if not tracker.repairing and tracker.in_gap:
@@ -531,6 +557,10 @@ class Node:
             served = body.get("served", [])
             peer.served = frozenset(s for s in served if isinstance(s, str))
             peer.load = float(body.get("load", 0.0))
+            hears = body.get("hears", [])
+            if not peer.sending and isinstance(hears, list) and self.node_id in hears:
+                peer.sending = True
+                self._peer_change.set()
         except (DecodeError, AttributeError, TypeError, ValueError) as exc:
             self._bad(header.source, "heartbeat body", exc)
         peer.last_seq = header.seq
@@ -550,7 +580,7 @@ class Node:
                 stream.tracker.observe_last(header.seq)
             self._drop_peer(peer, "left")
 
-    # ------------------------------------------------------------------ ROUTER: requests, HELLO, NACK
+    # ------------------------------------------------------------------ ROUTER: requests, HELLO
 
     async def _router_loop(self) -> None:
         router, sync = self._router, self._router_sync
@@ -598,8 +628,15 @@ class Node:
     async def _serve(self, ident: bytes, topic: str, header: Header, payload: bytes) -> None:
         ok, data, flags = await self._cb.serve(topic, header, payload)
         reply = encode_header(
-            Kind.REPLY, self.node_id, self.incarnation, 0, time.time_ns(), None, flags,
-            content_type=None if ok else "frys/error", correlation_id=header.correlation_id,
+            Kind.REPLY,
+            self.node_id,
+            self.incarnation,
+            0,
+            time.time_ns(),
+            None,
+            flags,
+            content_type=None if ok else "frys/error",
+            correlation_id=header.correlation_id,
         )
         self._reply(ident, topic_frame(topic), reply, data)
 
@@ -624,7 +661,11 @@ class Node:
         elif header.source == self.node_id:
             reply_body["error"] = "node id in use"
         hdr = encode_header(
-            Kind.HELLO_REPLY, self.node_id, self.incarnation, self.sent_seq, time.time_ns(),
+            Kind.HELLO_REPLY,
+            self.node_id,
+            self.incarnation,
+            self.sent_seq,
+            time.time_ns(),
             correlation_id=header.correlation_id,
         )
         self._reply(ident, _CTL_FRAME, hdr, pack_control(reply_body))
@@ -633,8 +674,13 @@ class Node:
         # A peer that found us first (static discovery) tells us where it is.
         try:
             ann = Announcement(
-                header.source, str(cluster), str(body["addr"]), int(body["pub"]),
-                int(body["rtr"]), int(body.get("v", 0)), header.incarnation,
+                header.source,
+                str(cluster),
+                str(body["addr"]),
+                int(body["pub"]),
+                int(body["rtr"]),
+                int(body.get("v", 0)),
+                header.incarnation,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"HELLO body incomplete: {exc}") from exc
@@ -664,8 +710,7 @@ class Node:
         if self.log is not None and seq < ring_oldest and seq <= last:
             # A bounded range, read from the page cache.
             for record in self.log.read_range(seq, min(last, ring_oldest - 1)):
-                if not self._reply(ident, topic_frame(record.topic), record.header,
-                                   record.payload):
+                if not self._reply(ident, topic_frame(record.topic), record.header, record.payload):
                     return False
                 self.stats.replays_served += 1
             seq = ring_oldest
@@ -710,24 +755,25 @@ class Node:
     def _send_hello(self, link: _Link) -> None:
         link.hello_at = time.monotonic()
         hdr = encode_header(Kind.HELLO, self.node_id, self.incarnation, self.seq, time.time_ns())
-        body = pack_control({
-            "cluster": self.config.cluster, "pub": self.pub_port, "rtr": self.router_port,
-            "addr": self.address, "v": PROTOCOL_VERSION,
-        })
-        try:
+        body = pack_control(
+            {
+                "cluster": self.config.cluster,
+                "pub": self.pub_port,
+                "rtr": self.router_port,
+                "addr": self.address,
+                "v": PROTOCOL_VERSION,
+            }
+        )
+        with contextlib.suppress(TransportError):  # retried by the maintenance loop
             self._send_link(link, _CTL_FRAME, hdr, body)
-        except TransportError:
-            pass  # retried by the maintenance loop
 
     def _send_ready(self, peer: PeerInfo) -> None:
         link = self._link_of(peer.node_id)
         if link is None:
             return
         hdr = encode_header(Kind.READY, self.node_id, self.incarnation, self.seq, time.time_ns())
-        try:
+        with contextlib.suppress(TransportError):  # our heartbeats' "hears" list backs it up
             self._send_link(link, _CTL_FRAME, hdr, b"")
-        except TransportError:
-            pass
 
     async def _link_loop(self, link: _Link) -> None:
         sock = link.socket
@@ -777,8 +823,13 @@ class Node:
         try:
             served = frozenset(s for s in body.get("served", []) if isinstance(s, str))
             ann = Announcement(
-                header.source, self.config.cluster, str(body["addr"]), int(body["pub"]),
-                int(body["rtr"]), int(body["v"]), header.incarnation,
+                header.source,
+                self.config.cluster,
+                str(body["addr"]),
+                int(body["pub"]),
+                int(body["rtr"]),
+                int(body["v"]),
+                header.incarnation,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"HELLO reply incomplete: {exc}") from exc
@@ -793,10 +844,18 @@ class Node:
         link.node_id = ann.node_id
         now = time.monotonic()
         peer = PeerInfo(
-            node_id=ann.node_id, cluster=ann.cluster, address=ann.address,
-            pub_port=ann.pub_port, router_port=ann.router_port, version=ann.version,
-            incarnation=ann.incarnation, state=PeerState.ALIVE, first_seen=now, last_seen=now,
-            served=served, last_seq=header.seq,
+            node_id=ann.node_id,
+            cluster=ann.cluster,
+            address=ann.address,
+            pub_port=ann.pub_port,
+            router_port=ann.router_port,
+            version=ann.version,
+            incarnation=ann.incarnation,
+            state=PeerState.ALIVE,
+            first_seen=now,
+            last_seen=now,
+            served=served,
+            last_seq=header.seq,
         )
         peer.durable = bool(body.get("durable", False))
         inc_first = body.get("inc_first")
@@ -827,8 +886,12 @@ class Node:
             resume = self._resume.pop(peer.node_id, None)
             if resume is not None:
                 if resume > start:
-                    log.warning("%s came back at seq %d, behind the %d we had: its log lost "
-                                "records", peer.node_id, hello_seq, resume - 1)
+                    log.warning(
+                        "%s came back at seq %d, behind the %d we had: its log lost records",
+                        peer.node_id,
+                        hello_seq,
+                        resume - 1,
+                    )
                 else:
                     start = resume
                     history_until = resume - 1
@@ -908,19 +971,19 @@ class Node:
             gap = stream.tracker.abandon()
             if gap is not None:
                 self._report_gap(peer.node_id, stream, gap)
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self._sub.disconnect(peer.pub_endpoint)
-        except zmq.ZMQError:
-            pass
         link = self._link_of(peer.node_id)
         if link is not None and link is not keep_link:
             if link.static:
                 link.node_id = None  # keep probing a static endpoint
             else:
                 self._close_link(link)
-        for corr, fut in list(self._pending.items()):
-            if not fut.done() and getattr(fut, "_frys_peer", None) == peer.node_id:
-                fut.cancel()
+        # Requests waiting on this peer will not be answered: fail them now, not at timeout.
+        for corr, target in list(self._pending_peer.items()):
+            fut = self._pending.get(corr)
+            if target == peer.node_id and fut is not None and not fut.done():
+                fut.set_exception(TransportError(f"{peer.node_id} left ({reason})"))
         self._peer_change.set()
         info = _peer_dict(peer)
         info["reason"] = reason
@@ -934,13 +997,19 @@ class Node:
         log.warning("lost events %d..%d from %s: %s", gap.first, gap.last, source, gap.reason)
         self._cb.system(
             "$frys.gap",
-            {"publisher": source, "incarnation": stream.incarnation, "first": gap.first,
-             "last": gap.last, "count": count, "reason": gap.reason},
+            {
+                "publisher": source,
+                "incarnation": stream.incarnation,
+                "first": gap.first,
+                "last": gap.last,
+                "count": count,
+                "reason": gap.reason,
+            },
         )
         if released:
             pending = self._deliver_many(stream, released)
             if pending is not None:
-                self._spawn(pending, "deliver-after-gap")  # type: ignore[arg-type]
+                self._spawn(_awaited(pending), "deliver-after-gap")
 
     # ------------------------------------------------------------------ timers
 
@@ -948,7 +1017,10 @@ class Node:
         hdr = encode_header(
             Kind.HEARTBEAT, self.node_id, self.incarnation, self.sent_seq, time.time_ns()
         )
-        body = pack_control({"served": sorted(self._served), "load": self.load()})
+        # "hears": whose event streams reach us. A peer that finds itself listed knows its
+        # events flow to us, even if our READY to it was lost.
+        hears = [p.node_id for p in self.peers if p.receiving]
+        body = pack_control({"served": sorted(self._served), "load": self.load(), "hears": hears})
         self._send_pub(_HB_FRAME, hdr, body)
 
     async def _heartbeat_loop(self) -> None:
@@ -975,11 +1047,9 @@ class Node:
 
     def _repair(self, source: str, stream: _Stream, now: float | None = None) -> None:
         """Act on the stream's gap, if any: NACK it, or report what cannot be had."""
-        action = stream.tracker.poll(time.monotonic() if now is None else now)
-        if isinstance(action, Nack):
-            self._send_nack(source, stream, action)
-        elif isinstance(action, Gap):
-            self._report_gap(source, stream, action)
+        nack = stream.tracker.poll(time.monotonic() if now is None else now)
+        if nack is not None:
+            self._send_nack(source, stream, nack)
 
     def _send_nack(self, source: str, stream: _Stream, nack: Nack) -> None:
         link = self._link_of(source)
@@ -992,6 +1062,10 @@ class Node:
             self.stats.nacks_sent += 1
         except TransportError:
             pass  # asked again after the NACK timeout
+
+
+async def _awaited(aw: Awaitable[None]) -> None:
+    await aw
 
 
 def _parse_nack(body: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
@@ -1015,8 +1089,11 @@ def _parse_nack(body: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
 
 def _peer_dict(peer: PeerInfo) -> dict[str, Any]:
     return {
-        "node_id": peer.node_id, "cluster": peer.cluster, "address": peer.address,
-        "pub_port": peer.pub_port, "router_port": peer.router_port,
+        "node_id": peer.node_id,
+        "cluster": peer.cluster,
+        "address": peer.address,
+        "pub_port": peer.pub_port,
+        "router_port": peer.router_port,
         "incarnation": peer.incarnation,
     }
 

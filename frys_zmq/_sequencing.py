@@ -114,14 +114,25 @@ class StreamTracker(Generic[T]):
         self.next_seq = seq + 1
         return [item, *self._drain()]
 
+    def progress(self, now: float, timeout: float = _timing.NACK_TIMEOUT) -> None:
+        """A replayed event arrived: the outstanding NACK is being answered, so wait on."""
+        if self._outstanding is not None:
+            self._nack_deadline = now + timeout
+
     def observe_last(self, last_seq: int) -> None:
         """The publisher says it has sent up to ``last_seq`` (heartbeats, replay ends)."""
         if last_seq > self.known_last:
             self.known_last = last_seq
 
-    def poll(self, now: float, timeout: float = _timing.NACK_TIMEOUT,
-             attempts: int = _timing.NACK_ATTEMPTS) -> Nack | Gap | None:
-        """What to do about a gap now: send a NACK, give up on a range, or nothing."""
+    def poll(self, now: float, timeout: float = _timing.NACK_TIMEOUT) -> Nack | None:
+        """The NACK to send now for the stream's gap, if one is due.
+
+        An unanswered NACK is repeated with exponential backoff (``timeout``, doubling, up
+        to ``NACK_MAX_BACKOFF`` times it). It is never given up on here: a publisher that is
+        alive but busy answers late, and giving up would turn a delay into a loss. Ranges
+        become gaps when the publisher says it no longer has them (``replay_done``) or when
+        it is gone (``abandon``).
+        """
         if not self.in_gap:
             self._outstanding = None
             self._attempts = 0
@@ -134,16 +145,12 @@ class StreamTracker(Generic[T]):
                 self._attempts += 1
             else:
                 self._attempts = 0
-        if self._attempts >= attempts:
-            self._attempts = 0
-            self._outstanding = None
-            return Gap(first, self._missing_end(), "publisher did not answer the NACK")
         # One NACK covers a whole window and lists every missing run in it: under heavy loss
         # the runs are short and many, and one round trip per run would crawl.
         last = min(self.known_last, first + self._max_range - 1)
         nack = Nack(first, last, self._missing_runs(first, last))
         self._outstanding = nack
-        self._nack_deadline = now + timeout
+        self._nack_deadline = now + timeout * min(2**self._attempts, _timing.NACK_MAX_BACKOFF)
         return nack
 
     def replay_done(self, first: int, last: int, oldest_available: int) -> Gap | None:
@@ -156,8 +163,11 @@ class StreamTracker(Generic[T]):
             self._outstanding = None
             self._attempts = 0
         if self.next_seq < oldest_available and self.next_seq <= last:
-            return Gap(self.next_seq, min(oldest_available - 1, self._missing_end()),
-                       "no longer retained by the publisher")
+            return Gap(
+                self.next_seq,
+                min(oldest_available - 1, self._missing_end()),
+                "no longer retained by the publisher",
+            )
         return None
 
     def skip(self, gap: Gap) -> list[T]:

@@ -12,10 +12,13 @@ SUSPECT_AFTER_MISSED: Final = 3
 PEER_TTL: Final = 5.0
 #: Seconds to wait for a HELLO reply before asking again.
 HELLO_RETRY: Final = 0.5
-#: Seconds an outstanding NACK may stay unanswered before it is sent again.
-NACK_TIMEOUT: Final = 0.5
-#: How many times a NACK is repeated before the range is declared lost.
-NACK_ATTEMPTS: Final = 6
+#: Seconds an outstanding NACK may stay unanswered before it is sent again. The next NACK
+#: normally goes out as soon as the replay's end marker arrives; this only covers a NACK or
+#: marker that was lost, so it errs long: a short one re-asks a busy publisher for data
+#: already on its way.
+NACK_TIMEOUT: Final = 2.0
+#: An unanswered NACK is repeated after NACK_TIMEOUT, doubling up to this many times it.
+NACK_MAX_BACKOFF: Final = 16
 #: Most events asked for in one NACK; keeps replay bursts under the socket HWMs.
 NACK_MAX_RANGE: Final = 2048
 #: Default timeout for ``EventBus.request``.

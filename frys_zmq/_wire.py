@@ -13,7 +13,8 @@ from typing import Any, Final
 
 import msgpack
 
-from ._errors import BadFrame, DecodeError, LimitExceeded, MessageTooLarge, UnknownProtocolVersion
+from ._codec import packb
+from ._errors import BadFrame, DecodeError, MessageTooLarge, UnknownProtocolVersion
 from ._limits import Limits
 
 __all__ = [
@@ -72,7 +73,6 @@ class Header:
     trace: str | None = None
 
 
-_packer = msgpack.Packer(use_bin_type=True)
 # Everything msgpack raises on hostile input: its own errors and limit breaches are
 # ValueErrors; unhashable or odd map keys give TypeError; huge ints OverflowError.
 _MSGPACK_ERRORS = (ValueError, TypeError, OverflowError)
@@ -92,28 +92,24 @@ def encode_header(
     trace: str | None = None,
 ) -> bytes:
     """Pack one header. Metadata must be MessagePack-able (str keys recommended)."""
-    try:
-        return _packer.pack(
-            (
-                PROTOCOL_VERSION,
-                kind,
-                source,
-                incarnation,
-                seq,
-                timestamp_ns,
-                metadata,
-                flags,
-                content_type,
-                correlation_id,
-                reply_to,
-                trace,
-            )
+    # The codec's packer: one per thread (sync facades run buses on their own threads), and
+    # it maps datetimes in metadata the same way as in payloads.
+    return packb(
+        (
+            PROTOCOL_VERSION,
+            kind,
+            source,
+            incarnation,
+            seq,
+            timestamp_ns,
+            metadata,
+            flags,
+            content_type,
+            correlation_id,
+            reply_to,
+            trace,
         )
-    except (TypeError, ValueError, OverflowError) as exc:
-        _packer.reset()
-        from ._errors import EncodeError
-
-        raise EncodeError(f"header cannot be encoded: {exc}") from exc
+    )
 
 
 def decode_header(data: bytes, limits: Limits) -> Header:
@@ -217,7 +213,7 @@ def check_frames(frames: Sequence[bytes], limits: Limits, expected: int = 3) -> 
 
 def pack_control(obj: Any) -> bytes:
     """Pack a small control payload (HELLO, NACK ...) with MessagePack."""
-    return msgpack.packb(obj, use_bin_type=True)
+    return packb(obj)
 
 
 def unpack_control(data: bytes, limits: Limits) -> Any:
@@ -237,4 +233,3 @@ def unpack_control(data: bytes, limits: Limits) -> Any:
 
 
 __all__ += ["CONTROL_TOPIC", "HEARTBEAT_TOPIC", "check_frames", "pack_control", "unpack_control"]
-_ = LimitExceeded  # re-exported for callers that catch limit errors from this module

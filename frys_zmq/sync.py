@@ -96,7 +96,7 @@ class EventBus:
         return self._run(self._bus.publish(topic, payload, metadata=metadata))
 
     def publish_batch(self, events: Iterable[tuple[Any, ...]]) -> list[Event]:
-        return self._run(self._bus.publish_batch(list(events)))  # type: ignore[arg-type]
+        return self._run(self._bus.publish_batch(list(events)))
 
     def subscribe(self, pattern: str, handler: Callable[[Event], Any]) -> Subscription:
         """Subscribe; ``handler`` runs on the bus thread, so it should be quick."""
@@ -117,7 +117,11 @@ class EventBus:
         self._run(self._bus.handle_request(topic, handler))
 
     def request(
-        self, topic: str, payload: Any = None, *, timeout: float | None = None,
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Reply[Any]:
         t = self.config.request_timeout if timeout is None else timeout

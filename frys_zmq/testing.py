@@ -12,7 +12,8 @@ this project use it, and so can users testing their own services against a local
 
 Commands (``call(cmd, **args)``): ``subscribe(pattern, durable=None, quiet=False)`` (quiet:
 keep events in the node, see ``received``), ``publish(topic, payload, metadata)``,
-``publish_many(topic, count, start=0, background=False, ack=False, batch=False)`` (payload ``{"n": i}``),
+``publish_many(topic, count, start=0, background=False, ack=False, batch=False)`` (payloads
+``{"n": i}``),
 ``received()`` (payload ``n`` of every quiet event, in arrival order), ``published()``,
 ``handle(topic, mode=echo|error|slow|sum, delay)``, ``request(topic, payload, timeout)``,
 ``wait_peers(n, timeout)``, ``peers()``, ``metrics()``, ``quit()``.
@@ -66,15 +67,26 @@ class NodeProcess:
         self._err_reader: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 20.0) -> NodeProcess:
-        args = [sys.executable, "-m", "frys_zmq.testing", "--node-id", self.node_id,
-                "--cluster", self.cluster]
+        args = [
+            sys.executable,
+            "-m",
+            "frys_zmq.testing",
+            "--node-id",
+            self.node_id,
+            "--cluster",
+            self.cluster,
+        ]
         if self.interface:
             args += ["--interface", self.interface]
         env = dict(os.environ)
         env.update(self._env or {})
         self.proc = await asyncio.create_subprocess_exec(
-            *args, *self._extra, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            *args,
+            *self._extra,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
             limit=64 * 1024 * 1024,  # a reply may list every event received
         )
         started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -131,7 +143,9 @@ class NodeProcess:
         return await asyncio.wait_for(self.events.get(), timeout)
 
     async def collect(
-        self, count: int, timeout: float = 20.0,
+        self,
+        count: int,
+        timeout: float = 20.0,
         where: Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Wait for ``count`` events (matching ``where``); raise TimeoutError otherwise."""
@@ -244,9 +258,18 @@ async def _agent(ns: argparse.Namespace) -> None:
                     await asyncio.sleep(0)  # let the node breathe: heartbeats, NACKs
 
         def on_event(event: frys.Event) -> None:
-            emit({"event": {"topic": event.topic, "payload": event.payload,
-                            "metadata": dict(event.metadata), "source": event.source,
-                            "seq": event.seq, "incarnation": event.incarnation}})
+            emit(
+                {
+                    "event": {
+                        "topic": event.topic,
+                        "payload": event.payload,
+                        "metadata": dict(event.metadata),
+                        "source": event.source,
+                        "seq": event.seq,
+                        "incarnation": event.incarnation,
+                    }
+                }
+            )
 
         def make_handler(mode: str, delay: float) -> Callable[[frys.Request], Any]:
             async def handler(req: frys.Request) -> Any:
@@ -272,13 +295,18 @@ async def _agent(ns: argparse.Namespace) -> None:
                     handler = on_quiet if msg.get("quiet") else on_event
                     bus.subscribe(msg["pattern"], handler, durable=msg.get("durable"))
                 elif cmd == "publish":
-                    ev = await bus.publish(msg["topic"], msg.get("payload"),
-                                           metadata=msg.get("metadata"))
+                    ev = await bus.publish(
+                        msg["topic"], msg.get("payload"), metadata=msg.get("metadata")
+                    )
                     result = ev.seq
                 elif cmd == "publish_many":
-                    job = publish_many(msg["topic"], int(msg.get("start", 0)),
-                                       int(msg["count"]), bool(msg.get("ack", False)),
-                                       bool(msg.get("batch", False)))
+                    job = publish_many(
+                        msg["topic"],
+                        int(msg.get("start", 0)),
+                        int(msg["count"]),
+                        bool(msg.get("ack", False)),
+                        bool(msg.get("batch", False)),
+                    )
                     if msg.get("background"):
                         background.append(asyncio.create_task(job))
                     else:
@@ -292,8 +320,9 @@ async def _agent(ns: argparse.Namespace) -> None:
                         msg["topic"], make_handler(msg.get("mode", "echo"), msg.get("delay", 0))
                     )
                 elif cmd == "request":
-                    reply = await bus.request(msg["topic"], msg.get("payload"),
-                                              timeout=msg.get("timeout", 5.0))
+                    reply = await bus.request(
+                        msg["topic"], msg.get("payload"), timeout=msg.get("timeout", 5.0)
+                    )
                     match reply:
                         case frys.Reply.Success(value=v, responder=r):
                             result = {"kind": "success", "value": v, "responder": r}
@@ -305,8 +334,15 @@ async def _agent(ns: argparse.Namespace) -> None:
                     peers = await bus.wait_for_peers(int(msg["n"]), float(msg.get("timeout", 10)))
                     result = sorted(p.node_id for p in peers)
                 elif cmd == "peers":
-                    result = [{"node_id": p.node_id, "state": str(p.state), "ready": p.ready,
-                               "incarnation": p.incarnation} for p in bus.peers()]
+                    result = [
+                        {
+                            "node_id": p.node_id,
+                            "state": str(p.state),
+                            "ready": p.ready,
+                            "incarnation": p.incarnation,
+                        }
+                        for p in bus.peers()
+                    ]
                 elif cmd == "metrics":
                     result = bus.get_metrics()
                 elif cmd == "quit":
@@ -338,7 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     except Exception as exc:
-        sys.stdout.write(json.dumps({"id": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        sys.stdout.write(
+            json.dumps({"id": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n"
+        )
         sys.stdout.flush()
         raise SystemExit(1) from exc
 

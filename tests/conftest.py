@@ -47,8 +47,9 @@ def _no_leftovers():
             t for t in threading.enumerate() if t not in threads_before and t.is_alive()
         ]
         extra_children = [
-            pid for pid in _children() - children_before if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            pid
+            for pid in _children() - children_before
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         ]
         extra_sockets = _inet_sockets() - sockets_before
         if not extra_threads and not extra_children and extra_sockets <= 0:

@@ -37,9 +37,10 @@ async def node(*args, **kw):
 
 
 async def test_100k_events_reach_a_subscriber_with_a_tiny_receive_queue_in_order_once(cluster):
-    async with node("sub", cluster=cluster, extra_args=["--recv-hwm", "10"]) as sub, node(
-        "pub", cluster=cluster, extra_args=["--send-hwm", "50"]
-    ) as pub:
+    async with (
+        node("sub", cluster=cluster, extra_args=["--recv-hwm", "10"]) as sub,
+        node("pub", cluster=cluster, extra_args=["--send-hwm", "50"]) as pub,
+    ):
         await sub.call("subscribe", pattern="n", quiet=True)
         await pub.call("wait_peers", n=1)
         await pub.call("publish_many", topic="n", count=100_000, batch=True, call_timeout=120)
@@ -130,9 +131,15 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
     cluster, tmp_path
 ):
     pub_cfg = frys.EventBusConfig(
-        node_id="pub", cluster=cluster, interface="127.0.0.1", enable_persistence=True,
-        data_dir=str(tmp_path / "pub"), max_file_size=4096, retention_bytes=16384,
-        retention_ring_size=10, discovery_strategy="static",
+        node_id="pub",
+        cluster=cluster,
+        interface="127.0.0.1",
+        enable_persistence=True,
+        data_dir=str(tmp_path / "pub"),
+        max_file_size=4096,
+        retention_bytes=16384,
+        retention_ring_size=10,
+        discovery_strategy="static",
     )
     async with frys.EventBus(pub_cfg) as pub:
         for i in range(2000):
@@ -146,8 +153,12 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
         store.set("pub", pub._node.incarnation, 5)
         store.close()
         sub_cfg = frys.EventBusConfig(
-            node_id="sub", cluster=cluster, interface="127.0.0.1", data_dir=str(sub_dir),
-            discovery_strategy="static", cluster_peers=(pub.endpoints["router"],),
+            node_id="sub",
+            cluster=cluster,
+            interface="127.0.0.1",
+            data_dir=str(sub_dir),
+            discovery_strategy="static",
+            cluster_peers=(pub.endpoints["router"],),
         )
         async with frys.EventBus(sub_cfg) as sub:
             gaps: list[frys.Event] = []
@@ -159,9 +170,7 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
                 while len(got) < 2000 - (first_kept - 1):
                     await asyncio.sleep(0.01)
             assert got == list(range(first_kept - 1, 2000))
-            assert [(g.payload["first"], g.payload["last"]) for g in gaps] == [
-                (6, first_kept - 1)
-            ]
+            assert [(g.payload["first"], g.payload["last"]) for g in gaps] == [(6, first_kept - 1)]
             assert "retained" in gaps[0].payload["reason"]
             assert sub.get_metrics()["gaps"] == first_kept - 6
 
@@ -174,8 +183,13 @@ async def test_acknowledged_publish_needs_persistence_and_returns_after_the_log_
         with pytest.raises(frys.StorageError):
             await bus.publish("a", 1, ack=True)
     cfg = frys.EventBusConfig(
-        node_id="p", cluster=cluster, interface="127.0.0.1", enable_persistence=True,
-        data_dir=str(tmp_path), fsync_policy="always", discovery_strategy="static",
+        node_id="p",
+        cluster=cluster,
+        interface="127.0.0.1",
+        enable_persistence=True,
+        data_dir=str(tmp_path),
+        fsync_policy="always",
+        discovery_strategy="static",
     )
     async with frys.EventBus(cfg) as bus:
         ev = await bus.publish("a.b", {"x": 1}, ack=True)

@@ -31,25 +31,42 @@ def garbage_messages(source: str = "evil") -> list[list[bytes]]:
     return [
         [os.urandom(64)],  # one random frame
         [os.urandom(10), os.urandom(10), os.urandom(10)],  # three random frames
-        [topic_frame("a.b"), msgpack.packb([999, 1, source, 1, 1, 0, None, 0, None, None, None, None]), b""],
+        [
+            topic_frame("a.b"),
+            msgpack.packb([999, 1, source, 1, 1, 0, None, 0, None, None, None, None]),
+            b"",
+        ],
         [topic_frame("a.b"), good_header],  # truncated: payload frame missing
         [topic_frame("a.b"), b"\xdd\xff\xff\xff\xff", b""],  # array32 claiming 4 G elements
         [topic_frame("a.b"), b"\xdb\xff\xff\xff\xff" + b"x" * 16, b""],  # str32 claiming 4 GiB
         [topic_frame("a.b"), b"\x91" * 200_000, b""],  # nesting 200,000 deep
         [b"no-terminator", good_header, b""],
         [b"\xff\xfe\0", good_header, b""],  # topic not UTF-8
-        [topic_frame("svc.echo"), encode_header(Kind.REQUEST, source, 1, 0, 0, None, 1,
-                                                correlation_id="bomb"), bomb()],
-        [topic_frame("svc.echo"), encode_header(Kind.REQUEST, source, 1, 0, 0, None, 0,
-                                                correlation_id="junk"), b"\xc1"],
-        [topic_frame("svc.echo"), encode_header(Kind.REQUEST, source, 1, 0, 0, None, 0x80,
-                                                correlation_id="flags"), b"\x90"],
+        [
+            topic_frame("svc.echo"),
+            encode_header(Kind.REQUEST, source, 1, 0, 0, None, 1, correlation_id="bomb"),
+            bomb(),
+        ],
+        [
+            topic_frame("svc.echo"),
+            encode_header(Kind.REQUEST, source, 1, 0, 0, None, 0, correlation_id="junk"),
+            b"\xc1",
+        ],
+        [
+            topic_frame("svc.echo"),
+            encode_header(Kind.REQUEST, source, 1, 0, 0, None, 0x80, correlation_id="flags"),
+            b"\x90",
+        ],
     ]
 
 
 async def test_garbage_on_the_router_is_counted_and_good_peers_are_still_served(cluster):
-    config = frys.EventBusConfig(node_id="victim", cluster=cluster, interface="127.0.0.1",
-                                 limits=frys.Limits(max_message_bytes=4 * MiB))
+    config = frys.EventBusConfig(
+        node_id="victim",
+        cluster=cluster,
+        interface="127.0.0.1",
+        limits=frys.Limits(max_message_bytes=4 * MiB),
+    )
     async with frys.EventBus(config) as victim, NodeProcess("good", cluster=cluster) as good:
         await victim.handle_request("svc.echo", lambda req: {"echo": req.payload})
         got: list[frys.Event] = []
@@ -94,8 +111,9 @@ async def test_garbage_on_the_router_is_counted_and_good_peers_are_still_served(
 
 async def test_garbage_on_a_peer_event_stream_is_counted_and_good_events_still_flow(cluster):
     """A fake peer answers HELLO properly, then publishes garbage on its PUB socket."""
-    victim_cfg = frys.EventBusConfig(node_id="victim", cluster=cluster, interface="127.0.0.1",
-                                     discovery_strategy="static")
+    victim_cfg = frys.EventBusConfig(
+        node_id="victim", cluster=cluster, interface="127.0.0.1", discovery_strategy="static"
+    )
     ctx = zmq.asyncio.Context()
     fake_router = ctx.socket(zmq.ROUTER)
     fake_pub = ctx.socket(zmq.PUB)
@@ -112,8 +130,16 @@ async def test_garbage_on_a_peer_event_stream_is_counted_and_good_events_still_f
             # Answer the victim's HELLO like a real node would.
             ident, tframe, header, _ = await asyncio.wait_for(fake_router.recv_multipart(), 10)
             reply = encode_header(Kind.HELLO_REPLY, "evil", inc, 0, time.time_ns())
-            body = pack_control({"cluster": cluster, "pub": pub_port, "rtr": rtr_port,
-                                 "addr": "127.0.0.1", "v": 100, "served": []})
+            body = pack_control(
+                {
+                    "cluster": cluster,
+                    "pub": pub_port,
+                    "rtr": rtr_port,
+                    "addr": "127.0.0.1",
+                    "v": 100,
+                    "served": [],
+                }
+            )
             await fake_router.send_multipart([ident, topic_frame("$frys.ctl"), reply, body])
             # Wait until the victim's SUB is connected: heartbeats reach it.
             hb = encode_header(Kind.HEARTBEAT, "evil", inc, 0, time.time_ns())

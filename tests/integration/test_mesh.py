@@ -14,7 +14,9 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @contextlib.asynccontextmanager
-async def mesh(cluster: str, *ids: str, args: list[str] | None = None) -> AsyncIterator[list[NodeProcess]]:
+async def mesh(
+    cluster: str, *ids: str, args: list[str] | None = None
+) -> AsyncIterator[list[NodeProcess]]:
     nodes = [NodeProcess(i, cluster=cluster, extra_args=args) for i in ids]
     try:
         await asyncio.gather(*(n.start() for n in nodes))
@@ -151,9 +153,10 @@ async def test_a_restarted_node_with_the_same_id_is_a_new_incarnation(cluster):
 
 
 async def test_a_subscriber_with_a_tiny_receive_queue_still_gets_every_event_in_order(cluster):
-    async with mesh(cluster, "fast") as (fast,), mesh(
-        cluster, "slow", args=["--recv-hwm", "10"]
-    ) as (slow,):
+    async with (
+        mesh(cluster, "fast") as (fast,),
+        mesh(cluster, "slow", args=["--recv-hwm", "10"]) as (slow,),
+    ):
         await slow.call("subscribe", pattern="tick")
         await slow.call("wait_peers", n=1)
         await fast.call("wait_peers", n=1)
