@@ -25,6 +25,7 @@ from ._errors import (
     NoResponders,
     NotStarted,
     StorageError,
+    TopicError,
     TransportError,
 )
 from ._event import Event, Reply, Request
@@ -84,6 +85,7 @@ class EventBus:
         self._closed = False
         self._topic_ok: dict[str, bytes] = {}
         self._durable: dict[str, tuple[Subscription, CursorStore]] = {}
+        self._remote_topic_ok: set[str] = set()
         self._rr = itertools.count()
         self._local_seq = 0
         self._incarnation = 0
@@ -454,6 +456,15 @@ class EventBus:
     def _deliver_remote(
         self, topic: str, header: Header, payload: bytes, history: bool
     ) -> Awaitable[None] | None:
+        if topic not in self._remote_topic_ok:
+            try:
+                validate_topic(topic, allow_system=topic.startswith(_REMOTE_SYSTEM_PREFIX))
+            except TopicError as exc:
+                # The seq is used up (the tracker moved on), so the event is dropped here.
+                self._count_decode_error(header.source, exc)
+                return None
+            if len(self._remote_topic_ok) < 65536:
+                self._remote_topic_ok.add(topic)
         subs = self._dispatcher.matches(topic)
         if history:
             subs = tuple(s for s in subs if s.durable is not None)
@@ -507,7 +518,7 @@ class EventBus:
         for other in blocked or ():
             other.dropped += 1
 
-    def _count_decode_error(self, source: str, exc: DecodeError) -> None:
+    def _count_decode_error(self, source: str, exc: DecodeError | TopicError) -> None:
         self.decode_errors += 1
         if self._node is not None:
             self._node._bad(source, type(exc).__name__, exc)
@@ -611,6 +622,10 @@ class EventBus:
             )
         return metrics
 
+
+#: The only system topics a peer may send us: dead letters. Peers cannot fake
+#: ``$frys.peer.*`` or ``$frys.gap`` on this node.
+_REMOTE_SYSTEM_PREFIX = "$frys.dlq"
 
 #: ``publish_batch`` lets the event loop run after this many events.
 _BATCH_YIELD = 1024

@@ -16,6 +16,8 @@ __all__ = ["CursorStore"]
 log = logging.getLogger("frys_zmq.cursors")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Publisher ids are node ids (see _config.validate_name); they become file names.
+_PUBLISHER_RE = re.compile(r"[A-Za-z0-9_-]{1,31}")
 # incarnation, seq, crc32 of the first 16 bytes. One small pwrite per update: a killed process
 # leaves either the old or the new record in the page cache, and the checksum catches the rest.
 _RECORD = struct.Struct(">QQI")
@@ -51,14 +53,21 @@ class CursorStore:
 
     def set(self, publisher: str, incarnation: int, seq: int) -> None:
         """Record that ``seq`` of ``publisher`` was handled."""
+        if not _PUBLISHER_RE.fullmatch(publisher):
+            raise ConfigError(f"publisher must be a node id, got {publisher!r}")
         self._cache[publisher] = (incarnation, seq)
         fd = self._fds.get(publisher)
         try:
+            opened = fd is None
             if fd is None:
                 fd = os.open(self.path / f"{publisher}.cur", os.O_RDWR | os.O_CREAT, 0o644)
                 self._fds[publisher] = fd
             head = struct.pack(">QQ", incarnation, seq)
             os.pwrite(fd, _RECORD.pack(incarnation, seq, zlib.crc32(head)), 0)
+            if opened:
+                # A longer (corrupt) file would fail the size check forever; cut it only
+                # after the new record is in place, so a crash leaves a valid one.
+                os.ftruncate(fd, _RECORD.size)
         except OSError as exc:
             raise StorageError(f"cannot write cursor {publisher} of {self.name}: {exc}") from exc
 

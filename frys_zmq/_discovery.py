@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from zeroconf import (
     BadTypeInNameException,
@@ -115,6 +116,7 @@ class MdnsDiscovery:
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
+        self._announce: asyncio.Future[Any] | None = None
         self._lookups: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -140,7 +142,10 @@ class MdnsDiscovery:
                 server=f"{own.node_id}-{own.cluster}.local.",
             )
             try:
-                await self._azc.async_register_service(self._info)
+                # Probing happens here (a taken name raises); the announcements follow in a
+                # task we keep, so closing soon after start leaves nothing pending.
+                announce = await self._azc.async_register_service(self._info)
+                self._announce = asyncio.ensure_future(announce)
             except NonUniqueNameException as exc:
                 await self.aclose()
                 raise DuplicateNodeId(own.node_id, own.cluster) from exc
@@ -167,7 +172,11 @@ class MdnsDiscovery:
             if self._browser is not None:
                 await self._browser.async_cancel()
             if self._info is not None:
-                await azc.async_unregister_service(self._info)
+                if self._announce is not None and not self._announce.done():
+                    self._announce.cancel()
+                # unregister only schedules the goodbye; async_close() would stop it unsent.
+                goodbye = await azc.async_unregister_service(self._info)
+                await goodbye
         except Exception:  # closing must go on whatever zeroconf thinks
             log.debug("mDNS unregister failed", exc_info=True)
         finally:

@@ -990,8 +990,10 @@ class Node:
         self._cb.system("$frys.peer.left", info)
 
     def _report_gap(self, source: str, stream: _Stream, gap: Gap) -> None:
+        lost_before = stream.tracker.gaps
         released = stream.tracker.skip(gap)
-        count = gap.last - gap.first + 1
+        # Events held back inside the gap arrived and are released: they are not lost.
+        count = stream.tracker.gaps - lost_before
         self.stats.gaps += count
         self.stats.gap_events += 1
         log.warning("lost events %d..%d from %s: %s", gap.first, gap.last, source, gap.reason)

@@ -174,11 +174,14 @@ class StreamTracker(Generic[T]):
         """Give up on ``gap``: move past it and return what became deliverable."""
         if gap.last < self.next_seq:
             return []
-        self.gaps += gap.last - max(gap.first, self.next_seq) + 1
-        self.next_seq = gap.last + 1
-        for seq in [s for s in self._pending if s < self.next_seq]:
-            del self._pending[seq]
-        return self._drain()
+        end = gap.last + 1
+        # Events held back inside the gap did arrive: release them, do not drop them.
+        held = sorted(s for s in self._pending if s < end)
+        self.gaps += end - self.next_seq - len(held)
+        out = [self._pending.pop(s) for s in held]
+        self.next_seq = end
+        out.extend(self._drain())
+        return out
 
     def abandon(self) -> Gap | None:
         """The publisher is gone: whatever is still missing is a gap."""

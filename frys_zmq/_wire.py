@@ -7,6 +7,7 @@ sockets. The header is a MessagePack array whose first element is the protocol v
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -52,6 +53,8 @@ class Kind(enum.IntEnum):
     BYE = 11
 
 
+# The node-id grammar of _config.validate_name: a source names a file on disk (cursors).
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,31}")
 _KINDS = frozenset(int(k) for k in Kind)
 _FIELDS: Final = 12
 
@@ -154,7 +157,7 @@ def decode_header(data: bytes, limits: Limits) -> Header:
     ) = fields[:_FIELDS]
     if type(kind) is not int or kind not in _KINDS:
         raise BadFrame(f"unknown message kind {kind!r}")
-    if type(source) is not str or not source or len(source) > 31:
+    if type(source) is not str or not _NODE_ID_RE.fullmatch(source):
         raise BadFrame("header source must be a node id")
     if type(incarnation) is not int or type(seq) is not int or type(timestamp_ns) is not int:
         raise BadFrame("incarnation, seq and timestamp must be integers")
@@ -194,7 +197,7 @@ def topic_frame(topic: str) -> bytes:
 
 def split_topic(frame: bytes) -> str:
     """Inverse of ``topic_frame``; raises ``BadFrame`` on a frame without the terminator."""
-    if not frame.endswith(b"\0") or len(frame) > 256:
+    if not frame.endswith(b"\0") or not 2 <= len(frame) <= 256:
         raise BadFrame("topic frame must be 1-255 bytes followed by NUL")
     try:
         return frame[:-1].decode()

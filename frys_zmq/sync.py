@@ -76,13 +76,23 @@ class EventBus:
             return
         if self._started:
             try:
-                self._run(self._bus.aclose())
+                self._run(self._shutdown())
             finally:
                 self._closed = True
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(self._timeout)
                 self._loop.close()
         self._closed = True
+
+    async def _shutdown(self) -> None:
+        """Close the bus, then whatever else still runs on the private loop."""
+        await self._bus.aclose()
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
     def __enter__(self) -> EventBus:
         return self.start()
