@@ -35,7 +35,9 @@ from ._errors import (
 )
 from ._event import Event, Reply, Request
 from ._limits import Limits
+from ._log import FsyncPolicy, LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState
+from ._queue import MemoryEventQueue, OverflowPolicy
 from ._topics import pattern_matches, validate_pattern, validate_topic
 
 __version__ = "0.1.0"
@@ -57,16 +59,21 @@ __all__ = [
     "EventBus",
     "EventBusConfig",
     "FrysError",
+    "FsyncPolicy",
     "HandlerError",
     "InvalidTopic",
     "LimitExceeded",
     "Limits",
+    "LogRecord",
+    "MemoryEventQueue",
     "MessageTooLarge",
     "NoResponders",
     "NotStarted",
+    "OverflowPolicy",
     "PeerInfo",
     "PeerState",
     "PeerWaitTimeout",
+    "PersistentEventQueue",
     "ProtocolError",
     "Publisher",
     "QueueFull",

@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +32,15 @@ from ._event import Event, Reply, Request
 from ._node import Node, NodeCallbacks
 from ._peers import PeerInfo
 from ._topics import is_system_topic, validate_pattern, validate_topic
-from ._wire import Header, Kind, encode_header, pack_control, topic_frame, unpack_control
+from ._wire import (
+    Header,
+    Kind,
+    decode_header,
+    encode_header,
+    pack_control,
+    topic_frame,
+    unpack_control,
+)
 
 __all__ = ["EventBus", "Publisher"]
 
@@ -539,6 +547,32 @@ class EventBus:
             blocked = self._dispatcher.dispatch_nowait(event, subs)
             for sub in blocked or ():
                 sub.dropped += 1
+
+    # ------------------------------------------------------------------ the log
+
+    async def recover_events(self, topic: str | None = None, after_seq: int = 0) -> list[Event]:
+        """Events this node published and still holds in its log (``enable_persistence``)."""
+        return [event async for event in self.iter_events(topic, after_seq)]
+
+    async def iter_events(
+        self, topic: str | None = None, after_seq: int = 0
+    ) -> AsyncIterator[Event]:
+        """Stream this node's logged events after ``after_seq`` without loading them all."""
+        self._check_open()
+        if self._node is None or self._node.log is None:
+            raise StorageError("this node keeps no log: set enable_persistence=True")
+        limits = self.config.limits
+        async for record in self._node.log.iter_events(after_seq, topic):
+            header = decode_header(record.header, limits)
+            yield Event(
+                record.topic,
+                self._codec.decode(record.payload, header.flags),
+                metadata=header.metadata,
+                source=header.source,
+                incarnation=header.incarnation,
+                seq=record.seq,
+                timestamp_ns=record.timestamp_ns,
+            )
 
     # ------------------------------------------------------------------ membership
 

@@ -195,3 +195,9 @@ async def test_acknowledged_publish_needs_persistence_and_returns_after_the_log_
         ev = await bus.publish("a.b", {"x": 1}, ack=True)
         records = await bus._node.log.recover_events()
         assert [r.seq for r in records] == [ev.seq]
+        await bus.publish("c.d", [1, 2])
+        assert [(e.topic, e.payload) for e in await bus.recover_events()] == [
+            ("a.b", {"x": 1}),
+            ("c.d", [1, 2]),
+        ]
+        assert [e.seq for e in await bus.recover_events("c.d", after_seq=ev.seq)] == [ev.seq + 1]
