@@ -2,7 +2,8 @@
 
 Protocol decisions live in the I/O-free modules (``_wire``, ``_sequencing``, ``_peers``);
 this module moves bytes between them and the sockets. Everything runs on one event loop;
-the zmq.asyncio sockets are only touched from it.
+the sockets are plain (non-blocking) ZeroMQ sockets read by ``SocketReader``s and are only
+touched from that loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 import psutil
 import zmq
-import zmq.asyncio
 
 from . import _timing
 from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig
@@ -27,6 +27,7 @@ from ._discovery import Announcement, MdnsDiscovery, _primary_address
 from ._errors import DecodeError, FrysError, StorageError, TransportError
 from ._log import LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState, PeerTable
+from ._reader import SocketReader
 from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
 from ._wire import (
     CONTROL_TOPIC,
@@ -76,11 +77,11 @@ class _Link:
     """A DEALER to one peer's ROUTER."""
 
     endpoint: str
-    socket: zmq.asyncio.Socket
+    socket: zmq.Socket[bytes]
     node_id: str | None = None
     hello_at: float = 0.0
     static: bool = False
-    task: asyncio.Task[None] | None = None
+    reader: SocketReader | None = None
 
 
 @dataclass(slots=True)
@@ -147,7 +148,7 @@ class Node:
         self._corr = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peer_change = asyncio.Event()
-        self._ctx: zmq.asyncio.Context | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._discovery: MdnsDiscovery | None = None
         self._log_limiter: dict[tuple[str, str], float] = {}
         self._process = psutil.Process(os.getpid())
@@ -173,7 +174,7 @@ class Node:
             # The sequence space of a persistent node outlives its process: go on from the log.
             self.seq = self.sent_seq = self.log.last_seq or 0
         self.first_seq = self.seq + 1  # first seq of this incarnation
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         try:
             self._pub = self._socket(zmq.PUB)
             self._pub.setsockopt(zmq.LINGER, 200)
@@ -187,14 +188,10 @@ class Node:
         except zmq.ZMQError as exc:
             self._ctx.destroy(linger=0)
             raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
-        # Plain (non-asyncio) views of the same sockets for non-blocking hot-path I/O.
-        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._pub.underlying)
-        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
-        self._router_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._router.underlying)
         if cfg.interface is None:
             self.address = _primary_address()
-        self._spawn(self._sub_loop(), "sub")
-        self._spawn(self._router_loop(), "router")
+        self._sub_reader = SocketReader(self._sub, self._on_sub_batch)
+        self._router_reader = SocketReader(self._router, self._on_router_batch, 256)
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._maintenance_loop(), "maintenance")
         strategy = cfg.discovery_strategy
@@ -233,9 +230,12 @@ class Node:
             log.debug("BYE not sent", exc_info=True)
         if self._discovery is not None:
             await self._discovery.aclose()
-        tasks = list(self._tasks) + [
-            link.task for link in self._links.values() if link.task is not None
-        ]
+        self._sub_reader.close()
+        self._router_reader.close()
+        for link in self._links.values():
+            if link.reader is not None:
+                link.reader.close()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -379,7 +379,7 @@ class Node:
 
     # ------------------------------------------------------------------ sockets
 
-    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
         assert self._ctx is not None
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
@@ -396,7 +396,7 @@ class Node:
             sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
         return sock
 
-    def _bind(self, sock: zmq.asyncio.Socket, port: int) -> int:
+    def _bind(self, sock: zmq.Socket[bytes], port: int) -> int:
         host = self.config.bind_host
         if port:
             sock.bind(f"tcp://{host}:{port}")
@@ -405,7 +405,7 @@ class Node:
 
     def _send_pub(self, tframe: bytes, header: bytes, payload: bytes) -> None:
         try:
-            self._pub_sync.send_multipart(
+            self._pub.send_multipart(
                 (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
             )
         except zmq.Again:
@@ -420,10 +420,13 @@ class Node:
         except zmq.Again:
             self.stats.send_dropped += 1
             raise TransportError(f"send queue to {link.node_id or link.endpoint} is full") from None
+        finally:
+            if link.reader is not None:
+                link.reader.touch()  # the send may have eaten the FD's read signal
 
     def _reply(self, ident: bytes, tframe: bytes, header: bytes, payload: bytes) -> bool:
         try:
-            self._router_sync.send_multipart(
+            self._router.send_multipart(
                 (ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
             )
             return True
@@ -431,6 +434,8 @@ class Node:
             self.stats.send_dropped += 1
             log.debug("reply dropped: %s", exc)
             return False
+        finally:
+            self._router_reader.touch()  # the send may have eaten the FD's read signal
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         loop = asyncio.get_running_loop()
@@ -456,37 +461,31 @@ class Node:
 
     # ------------------------------------------------------------------ SUB: events and heartbeats
 
-    async def _sub_loop(self) -> None:
-        sub, sync = self._sub, self._sub_sync
-        limits = self._limits
-        while True:
-            frames = await sub.recv_multipart()
-            batch = [frames]
-            # Drain what is already queued without going back to the event loop.
-            while len(batch) < 512:
-                try:
-                    batch.append(sync.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for frames in batch:
-                try:
-                    check_frames(frames, limits)
-                    topic = split_topic(frames[0])
-                    header = decode_header(frames[1], limits)
-                except DecodeError as exc:
-                    self._bad("sub", type(exc).__name__, exc)
-                    continue
-                kind = header.kind
-                if kind == Kind.EVENT:
-                    pending = self._on_event(topic, header, frames, replayed=False)
-                    if pending is not None:
-                        await pending
-                elif kind == Kind.HEARTBEAT:
-                    self._on_heartbeat(header, frames[2])
-                elif kind == Kind.BYE:
-                    self._on_bye(header)
-                else:
-                    self._bad(header.source, f"kind {kind} on SUB")
+    def _on_sub_batch(self, batch: list[list[bytes]]) -> Awaitable[None] | None:
+        for i, frames in enumerate(batch):
+            pending = self._on_sub_message(frames)
+            if pending is not None:
+                return _finish_batch(pending, batch, i + 1, self._on_sub_message)
+        return None
+
+    def _on_sub_message(self, frames: list[bytes]) -> Awaitable[None] | None:
+        try:
+            check_frames(frames, self._limits)
+            topic = split_topic(frames[0])
+            header = decode_header(frames[1], self._limits)
+        except DecodeError as exc:
+            self._bad("sub", type(exc).__name__, exc)
+            return None
+        kind = header.kind
+        if kind == Kind.EVENT:
+            return self._on_event(topic, header, frames, replayed=False)
+        if kind == Kind.HEARTBEAT:
+            self._on_heartbeat(header, frames[2])
+        elif kind == Kind.BYE:
+            self._on_bye(header)
+        else:
+            self._bad(header.source, f"kind {kind} on SUB")
+        return None
 
     def _on_event(
         self, topic: str, header: Header, frames: list[bytes] | Frames, *, replayed: bool
@@ -582,32 +581,22 @@ class Node:
 
     # ------------------------------------------------------------------ ROUTER: requests, HELLO
 
-    async def _router_loop(self) -> None:
-        router, sync = self._router, self._router_sync
+    def _on_router_batch(self, batch: list[list[bytes]]) -> None:
         limits = self._limits
-        while True:
-            frames = await router.recv_multipart()
-            batch = [frames]
-            while len(batch) < 256:
-                try:
-                    batch.append(sync.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for frames in batch:
-                ident = frames[0]
-                body = frames[1:]
-                who = f"router:{ident.hex()}"
-                try:
-                    check_frames(body, limits)
-                    topic = split_topic(body[0])
-                    header = decode_header(body[1], limits)
-                except DecodeError as exc:
-                    self._bad(who, type(exc).__name__, exc)
-                    continue
-                try:
-                    self._on_router(ident, topic, header, body)
-                except DecodeError as exc:
-                    self._bad(header.source, type(exc).__name__, exc)
+        for frames in batch:
+            ident = frames[0]
+            body = frames[1:]
+            try:
+                check_frames(body, limits)
+                topic = split_topic(body[0])
+                header = decode_header(body[1], limits)
+            except DecodeError as exc:
+                self._bad(f"router:{ident.hex()}", type(exc).__name__, exc)
+                continue
+            try:
+                self._on_router(ident, topic, header, body)
+            except DecodeError as exc:
+                self._bad(header.source, type(exc).__name__, exc)
 
     def _on_router(self, ident: bytes, topic: str, header: Header, body: list[bytes]) -> None:
         kind = header.kind
@@ -734,16 +723,14 @@ class Node:
         sock.connect(endpoint)
         link = _Link(endpoint, sock, node_id=node_id, static=static)
         self._links[endpoint] = link
-        link.task = asyncio.get_running_loop().create_task(
-            self._link_loop(link), name=f"frys-{self.node_id}-link-{endpoint}"
-        )
+        link.reader = SocketReader(sock, lambda batch: self._on_link_batch(link, batch), 256)
         self._send_hello(link)
         return link
 
     def _close_link(self, link: _Link) -> None:
         self._links.pop(link.endpoint, None)
-        if link.task is not None:
-            link.task.cancel()
+        if link.reader is not None:
+            link.reader.close()
         link.socket.close(linger=0)
 
     def _link_of(self, node_id: str) -> _Link | None:
@@ -775,34 +762,39 @@ class Node:
         with contextlib.suppress(TransportError):  # our heartbeats' "hears" list backs it up
             self._send_link(link, _CTL_FRAME, hdr, b"")
 
-    async def _link_loop(self, link: _Link) -> None:
-        sock = link.socket
-        limits = self._limits
-        while True:
-            frames = await sock.recv_multipart()
-            try:
-                check_frames(frames, limits)
-                topic = split_topic(frames[0])
-                header = decode_header(frames[1], limits)
-            except DecodeError as exc:
-                self._bad(f"dealer:{link.endpoint}", type(exc).__name__, exc)
-                continue
-            try:
-                kind = header.kind
-                if kind == Kind.EVENT:  # a replayed event
-                    pending = self._on_event(topic, header, frames, replayed=True)
-                    if pending is not None:
-                        await pending
-                elif kind == Kind.REPLAY_END:
-                    self._on_replay_end(header, frames[2])
-                elif kind == Kind.REPLY:
-                    self._on_reply(header, frames[2])
-                elif kind == Kind.HELLO_REPLY:
-                    self._on_hello_reply(link, header, frames[2])
-                else:
-                    self._bad(header.source, f"kind {kind} on DEALER")
-            except DecodeError as exc:
-                self._bad(header.source, type(exc).__name__, exc)
+    def _on_link_batch(self, link: _Link, batch: list[list[bytes]]) -> Awaitable[None] | None:
+        def one(frames: list[bytes]) -> Awaitable[None] | None:
+            return self._on_link_message(link, frames)
+
+        for i, frames in enumerate(batch):
+            pending = one(frames)
+            if pending is not None:
+                return _finish_batch(pending, batch, i + 1, one)
+        return None
+
+    def _on_link_message(self, link: _Link, frames: list[bytes]) -> Awaitable[None] | None:
+        try:
+            check_frames(frames, self._limits)
+            topic = split_topic(frames[0])
+            header = decode_header(frames[1], self._limits)
+        except DecodeError as exc:
+            self._bad(f"dealer:{link.endpoint}", type(exc).__name__, exc)
+            return None
+        try:
+            kind = header.kind
+            if kind == Kind.EVENT:  # a replayed event
+                return self._on_event(topic, header, frames, replayed=True)
+            if kind == Kind.REPLAY_END:
+                self._on_replay_end(header, frames[2])
+            elif kind == Kind.REPLY:
+                self._on_reply(header, frames[2])
+            elif kind == Kind.HELLO_REPLY:
+                self._on_hello_reply(link, header, frames[2])
+            else:
+                self._bad(header.source, f"kind {kind} on DEALER")
+        except DecodeError as exc:
+            self._bad(header.source, type(exc).__name__, exc)
+        return None
 
     def _on_reply(self, header: Header, payload: bytes) -> None:
         fut = self._pending.get(header.correlation_id or "")
@@ -864,6 +856,7 @@ class Node:
             peer, header.seq, inc_first if type(inc_first) is int else None
         )
         self._sub.connect(peer.pub_endpoint)
+        self._sub_reader.touch()
         self._peer_change.set()
         self._cb.system("$frys.peer.joined", _peer_dict(peer))
 
@@ -973,6 +966,7 @@ class Node:
                 self._report_gap(peer.node_id, stream, gap)
         with contextlib.suppress(zmq.ZMQError):
             self._sub.disconnect(peer.pub_endpoint)
+        self._sub_reader.touch()
         link = self._link_of(peer.node_id)
         if link is not None and link is not keep_link:
             if link.static:
@@ -1064,6 +1058,20 @@ class Node:
             self.stats.nacks_sent += 1
         except TransportError:
             pass  # asked again after the NACK timeout
+
+
+async def _finish_batch(
+    pending: Awaitable[None],
+    batch: list[list[bytes]],
+    start: int,
+    one: Callable[[list[bytes]], Awaitable[None] | None],
+) -> None:
+    """Handle the rest of a batch, in order, after a message had to wait."""
+    await pending
+    for frames in batch[start:]:
+        more = one(frames)
+        if more is not None:
+            await more
 
 
 async def _awaited(aw: Awaitable[None]) -> None:

@@ -128,7 +128,7 @@ async def test_garbage_on_a_peer_event_stream_is_counted_and_good_events_still_f
             victim.subscribe(">", got.append)
             await victim.connect(f"tcp://127.0.0.1:{rtr_port}")
             # Answer the victim's HELLO like a real node would.
-            ident, tframe, header, _ = await asyncio.wait_for(fake_router.recv_multipart(), 10)
+            ident, _tframe, _header, _ = await asyncio.wait_for(fake_router.recv_multipart(), 10)
             reply = encode_header(Kind.HELLO_REPLY, "evil", inc, 0, time.time_ns())
             body = pack_control(
                 {

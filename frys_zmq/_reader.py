@@ -1,0 +1,90 @@
+"""Reading a ZeroMQ socket from the event loop in batches, without a future per message.
+
+ZeroMQ's ``ZMQ_FD`` is edge-triggered: it turns readable when the socket's state changes,
+and any send, receive or ``EVENTS`` query on that socket may consume the signal while
+messages are still queued. A reader that waits for the FD alone can then sleep forever with
+messages in its queue (a ROUTER that sends replies is the classic case). So this reader
+drains until ``EAGAIN`` each time it wakes, and whoever uses the socket otherwise calls
+``touch()`` afterwards, which schedules one more drain in the same loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import zmq
+
+__all__ = ["SocketReader"]
+
+log = logging.getLogger("frys_zmq.node")
+
+#: Handles one batch of messages; returns an awaitable when it must wait (back-pressure),
+#: and the reader then stops reading until it is done.
+BatchHandler = Callable[[list[list[bytes]]], Awaitable[None] | None]
+
+
+class SocketReader:
+    """Drains ``sock`` into ``handle`` whenever it may have messages."""
+
+    __slots__ = ("_blocked", "_closed", "_fd", "_handle", "_loop", "_max", "_scheduled", "_sock")
+
+    def __init__(self, sock: zmq.Socket[bytes], handle: BatchHandler, max_batch: int = 1024):
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._handle = handle
+        self._max = max_batch
+        self._scheduled = False
+        self._blocked = False
+        self._closed = False
+        self._fd: int = sock.FD
+        self._loop.add_reader(self._fd, self.touch)
+        self.touch()  # messages may have queued before the reader existed
+
+    def touch(self) -> None:
+        """The socket was used (or its FD fired): look for messages soon."""
+        if not self._scheduled and not self._blocked and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def close(self) -> None:
+        """Stop reading; call before closing the socket."""
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._fd)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if self._closed or self._blocked:
+            return
+        recv = self._sock.recv_multipart
+        batch: list[list[bytes]] = []
+        try:
+            while len(batch) < self._max:
+                batch.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:  # the socket was closed under us
+            log.debug("reader stopped: %s", exc)
+            self.close()
+            return
+        if not batch:
+            return
+        try:
+            pending = self._handle(batch)
+        except Exception:
+            # A bug in a handler must not stop the socket; the batch is lost, loudly.
+            log.exception("error handling %d message(s)", len(batch))
+            pending = None
+        if pending is not None:
+            self._blocked = True
+            asyncio.ensure_future(pending).add_done_callback(self._unblock)
+        elif len(batch) == self._max:
+            self.touch()  # more may be queued; let other callbacks run first
+
+    def _unblock(self, fut: asyncio.Future[None]) -> None:
+        self._blocked = False
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("error handling messages", exc_info=fut.exception())
+        self.touch()  # the FD's signal may have come and gone while we waited
