@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+import frys_zmq as frys
 from frys_zmq.testing import NodeProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,6 +92,20 @@ async def test_requests_across_processes_succeed_fail_time_out_and_find_no_respo
         none = await cli.call("request", topic="math.nobody", payload=None, timeout=5.0)
         assert none["kind"] == "error" and none["type"] == "NoResponders"
         assert loop.time() - t0 < 2.0  # at once, not after the 5 s timeout
+
+
+async def test_hundreds_of_concurrent_requests_to_another_process_are_all_answered(cluster):
+    # Replies sent on the server's ROUTER must not swallow its wake-up for requests that are
+    # still queued (ZeroMQ's FD is edge-triggered): every request here must be answered.
+    async with mesh(cluster, "srv") as (srv,):
+        await srv.call("handle", topic="math.sum", mode="sum")
+        config = frys.EventBusConfig(cluster=cluster, interface="127.0.0.1", node_id="cli")
+        async with frys.EventBus(config) as bus:
+            await bus.wait_for_peers(1, timeout=10)
+            replies = await asyncio.gather(
+                *(bus.request("math.sum", [i, 1], timeout=20.0) for i in range(500))
+            )
+    assert [r.unwrap() for r in replies] == [i + 1 for i in range(500)]
 
 
 async def test_a_killed_node_leaves_the_peer_table_within_the_ttl(cluster):
