@@ -210,7 +210,9 @@ class EventBus:
         ts = time.time_ns()
         node = self._node
         if node is not None:
-            seq = node.next_seq()
+            # Encode first: a payload or metadata that cannot be encoded must not use up a
+            # seq, or every subscriber would see a gap.
+            seq = node.seq + 1
             data, flags = self._codec.encode(payload)
             header = encode_header(Kind.EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
             node.send_event(topic, tframe, header, data, seq, ts)

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 import psutil
 import zmq
@@ -32,15 +32,18 @@ from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
 from ._wire import (
     CONTROL_TOPIC,
     HEARTBEAT_TOPIC,
+    MAX_BATCH_EVENTS,
     PROTOCOL_VERSION,
     Header,
     Kind,
     check_frames,
     decode_header,
     encode_header,
+    pack_batch,
     pack_control,
     split_topic,
     topic_frame,
+    unpack_batch,
     unpack_control,
 )
 
@@ -52,6 +55,8 @@ _HB_FRAME = topic_frame(HEARTBEAT_TOPIC)
 _CTL_FRAME = topic_frame(CONTROL_TOPIC)
 # Messages kept for replay: the three frames as sent.
 Frames = tuple[bytes, bytes, bytes]
+# Payloads from this size on are sent zero-copy (pyzmq's own advice is ~64 KB) and alone.
+_BIG: Final = 65536
 
 
 @dataclass(slots=True)
@@ -129,7 +134,11 @@ class Node:
         self.stats = NodeStats()
         self.log: PersistentEventQueue | None = None
         self._unsent: list[Frames] = []
+        self._unsent_bytes = 0
         self._flush_scheduled = False
+        # A batch must fit the receivers' message limit with room to spare.
+        self._batch_bytes = min(_timing.BATCH_BYTES, self._limits.max_message_bytes // 2)
+        self._batch_single_max = min(_timing.BATCH_SINGLE_MAX, self._batch_bytes)
         #: Where to resume a durable publisher's stream after it restarted (by node id).
         self._resume: dict[str, int] = {}
         self.peers = PeerTable(
@@ -174,6 +183,7 @@ class Node:
             # The sequence space of a persistent node outlives its process: go on from the log.
             self.seq = self.sent_seq = self.log.last_seq or 0
         self.first_seq = self.seq + 1  # first seq of this incarnation
+        self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context()
         try:
             self._pub = self._socket(zmq.PUB)
@@ -266,40 +276,73 @@ class Node:
             self.incarnation,
         )
 
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
     def send_event(
         self, topic: str, tframe: bytes, header: bytes, payload: bytes, seq: int, ts: int
     ) -> None:
-        """Send one encoded event on PUB and keep it for replay (and in the log)."""
+        """Queue one encoded event (``seq`` must be ``self.seq + 1``) for PUB, replay and log.
+
+        Events leave at the end of the loop iteration (or when a batch is full), so the
+        ones published together share messages; see ``_flush_unsent``.
+        """
+        if seq != self.seq + 1:
+            raise AssertionError(f"seq {seq} out of turn (last {self.seq})")
+        self.seq = seq
         frames = (tframe, header, payload)
+        size = len(header) + len(payload)
         if self._reliable:
-            self._ring.add(seq, frames, len(header) + len(payload) + len(tframe))
+            self._ring.add(seq, frames, size + len(tframe))
         self.stats.published += 1
-        if self.log is None:
-            self._send_pub(tframe, header, payload)
-            self.sent_seq = seq
-            return
-        # Logged before sent: the record reaches the OS before the event reaches the wire, so
-        # a killed publisher never comes back without an event a subscriber already has.
-        self.log.append_nowait(LogRecord(seq, ts, topic, header, payload))
+        if self.log is not None:
+            # Logged before sent: the record reaches the OS before the event reaches the
+            # wire, so a killed publisher never comes back without an event a subscriber has.
+            self.log.append_nowait(LogRecord(seq, ts, topic, header, payload))
         self._unsent.append(frames)
-        if not self._flush_scheduled:
+        self._unsent_bytes += size
+        if len(self._unsent) >= MAX_BATCH_EVENTS or self._unsent_bytes >= self._batch_bytes:
+            self._flush_unsent()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_unsent)
+            self._loop.call_soon(self._flush_unsent)
 
     def _flush_unsent(self) -> None:
-        """Write logged records to the OS, then send them: one write per loop iteration."""
+        """Write queued events to the log (one write), then send them.
+
+        Consecutive events of one topic go out as one BATCH message: one ZeroMQ message
+        instead of hundreds, and prefix filters on the topic frame still hold.
+        """
         self._flush_scheduled = False
-        if not self._unsent or self.log is None:
+        if not self._unsent:
             return
         unsent, self._unsent = self._unsent, []
-        self.log.flush()
-        for tframe, header, payload in unsent:
-            self._send_pub(tframe, header, payload)
-        self.sent_seq += len(unsent)
+        self._unsent_bytes = 0
+        if self.log is not None:
+            self.log.flush()
+        send, n, i = self._send_pub, len(unsent), 0
+        while i < n:
+            tframe, header, payload = unsent[i]
+            end = i + 1
+            size = len(header) + len(payload)
+            if size < self._batch_single_max:
+                while end < n:
+                    t, h, p = unsent[end]
+                    size += len(h) + len(p)
+                    if t != tframe or size > self._batch_bytes or len(p) >= _BIG:
+                        break
+                    end += 1
+            if end == i + 1:
+                send(tframe, header, payload)
+            else:
+                parts = [part for _, h, p in unsent[i:end] for part in (h, p)]
+                batch = encode_header(
+                    Kind.BATCH,
+                    self.node_id,
+                    self.incarnation,
+                    self.sent_seq + i + 1,
+                    time.time_ns(),
+                )
+                send(tframe, batch, pack_batch(parts), copy=True)
+            i = end
+        self.sent_seq += n
 
     async def wait_durable(self) -> None:
         """Return once every event published so far is in the log under its fsync policy."""
@@ -403,10 +446,16 @@ class Node:
             return port
         return int(sock.bind_to_random_port(f"tcp://{host}"))
 
-    def _send_pub(self, tframe: bytes, header: bytes, payload: bytes) -> None:
+    def _send_pub(
+        self, tframe: bytes, header: bytes, payload: bytes, *, copy: bool | None = None
+    ) -> None:
+        # A big user payload goes zero-copy; a batch we just built is copied, which is cheap
+        # next to the zero-copy bookkeeping (pyzmq's garbage-collector thread) it would need.
         try:
             self._pub.send_multipart(
-                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+                (tframe, header, payload),
+                flags=zmq.NOBLOCK,
+                copy=len(payload) < _BIG if copy is None else copy,
             )
         except zmq.Again:
             # PUB never blocks; EAGAIN only with XPUB_NODROP-like setups. Count it.
@@ -415,7 +464,7 @@ class Node:
     def _send_link(self, link: _Link, tframe: bytes, header: bytes, payload: bytes) -> None:
         try:
             link.socket.send_multipart(
-                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < _BIG
             )
         except zmq.Again:
             self.stats.send_dropped += 1
@@ -427,7 +476,7 @@ class Node:
     def _reply(self, ident: bytes, tframe: bytes, header: bytes, payload: bytes) -> bool:
         try:
             self._router.send_multipart(
-                (ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < 65536
+                (ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < _BIG
             )
             return True
         except zmq.ZMQError as exc:  # EAGAIN (full) or EHOSTUNREACH (gone)
@@ -479,12 +528,41 @@ class Node:
         kind = header.kind
         if kind == Kind.EVENT:
             return self._on_event(topic, header, frames, replayed=False)
+        if kind == Kind.BATCH:
+            return self._on_batch(topic, header, frames)
         if kind == Kind.HEARTBEAT:
             self._on_heartbeat(header, frames[2])
         elif kind == Kind.BYE:
             self._on_bye(header)
         else:
             self._bad(header.source, f"kind {kind} on SUB")
+        return None
+
+    def _on_batch(self, topic: str, header: Header, frames: list[bytes]) -> Awaitable[None] | None:
+        """Unpack a BATCH into its events and take them one by one, in order."""
+        try:
+            parts = unpack_batch(frames[2], self._limits)
+        except DecodeError as exc:
+            self._bad(header.source, type(exc).__name__, exc)
+            return None
+        tframe, source = frames[0], header.source
+        events = [[tframe, parts[k], parts[k + 1]] for k in range(0, len(parts), 2)]
+
+        def one(event: list[bytes]) -> Awaitable[None] | None:
+            try:
+                inner = decode_header(event[1], self._limits)
+            except DecodeError as exc:
+                self._bad(source, type(exc).__name__, exc)
+                return None
+            if inner.kind != Kind.EVENT or inner.source != source:
+                self._bad(source, "foreign entry in batch")
+                return None
+            return self._on_event(topic, inner, event, replayed=False)
+
+        for i, event in enumerate(events):
+            pending = one(event)
+            if pending is not None:
+                return _finish_batch(pending, events, i + 1, one)
         return None
 
     def _on_event(

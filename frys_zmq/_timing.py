@@ -27,3 +27,9 @@ REQUEST_TIMEOUT: Final = 5.0
 MDNS_LOOKUP_TIMEOUT: Final = 3.0
 #: How often the maintenance loop looks at peers and repair timers.
 MAINTENANCE_INTERVAL: Final = 0.1
+
+#: A publisher's events leave at the end of each loop iteration, coalesced into BATCH
+#: messages of up to this many bytes (and ``MAX_BATCH_EVENTS`` events); an event at least
+#: ``BATCH_SINGLE_MAX`` bytes goes alone.
+BATCH_BYTES = 256 * 1024
+BATCH_SINGLE_MAX = 16 * 1024

@@ -13,7 +13,7 @@ this project use it, and so can users testing their own services against a local
 Commands (``call(cmd, **args)``): ``subscribe(pattern, durable=None, quiet=False)`` (quiet:
 keep events in the node, see ``received``), ``publish(topic, payload, metadata)``,
 ``publish_many(topic, count, start=0, background=False, ack=False, batch=False)`` (payloads
-``{"n": i}``),
+``{"n": i}``; ``topic`` may be a list, used round-robin),
 ``received()`` (payload ``n`` of every quiet event, in arrival order), ``published()``,
 ``handle(topic, mode=echo|error|slow|sum, delay)``, ``request(topic, payload, timeout)``,
 ``wait_peers(n, timeout)``, ``peers()``, ``metrics()``, ``quit()``.
@@ -246,13 +246,18 @@ async def _agent(ns: argparse.Namespace) -> None:
         def on_quiet(event: frys.Event) -> None:
             quiet_ns.append(event.payload.get("n") if isinstance(event.payload, dict) else None)
 
-        async def publish_many(topic: str, start: int, count: int, ack: bool, batch: bool) -> None:
+        async def publish_many(
+            topic: str | list[str], start: int, count: int, ack: bool, batch: bool
+        ) -> None:
+            topics = [topic] if isinstance(topic, str) else topic
             if batch:  # all at once, without yielding to the loop: as fast as it gets
-                await bus.publish_batch([(topic, {"n": i}) for i in range(start, start + count)])
+                await bus.publish_batch(
+                    [(topics[i % len(topics)], {"n": i}) for i in range(start, start + count)]
+                )
                 published[0] += count
                 return
             for i in range(start, start + count):
-                await bus.publish(topic, {"n": i}, ack=ack)
+                await bus.publish(topics[i % len(topics)], {"n": i}, ack=ack)
                 published[0] += 1
                 if i % 64 == 0:
                     await asyncio.sleep(0)  # let the node breathe: heartbeats, NACKs

@@ -15,6 +15,7 @@ import uuid
 
 import psutil
 import pytest
+import zmq.utils.garbage
 
 os.environ["FRYS_INTERFACE"] = "127.0.0.1"
 
@@ -33,6 +34,11 @@ def _inet_sockets() -> int:
     return sum(1 for c in psutil.Process().net_connections(kind="inet"))
 
 
+# pyzmq starts one garbage-collector thread per process on its first zero-copy send (a
+# payload of 64 KB or more) and keeps it for the life of the process, by design.
+_PYZMQ_GC_THREAD = zmq.utils.garbage.GarbageCollectorThread
+
+
 @pytest.fixture(autouse=True)
 def _no_leftovers():
     threads_before = set(threading.enumerate())
@@ -44,7 +50,9 @@ def _no_leftovers():
     deadline = time.monotonic() + 5.0
     while True:
         extra_threads = [
-            t for t in threading.enumerate() if t not in threads_before and t.is_alive()
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not isinstance(t, _PYZMQ_GC_THREAD)
         ]
         extra_children = [
             pid
