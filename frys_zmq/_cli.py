@@ -1,10 +1,11 @@
 """``frys-zmq``: the command line tool (``node``, ``discover``, ``pub``, ``sub``, ``request``,
-``demo``).
+``demo``, ``bench``).
 
 Exit codes: 0 success; 1 runtime failure or lost events; 2 usage error (bad arguments, an
 invalid topic or config); 3 timeout, or nothing found where something was required; 130
 interrupted (143 on SIGTERM). Errors are one line on stderr, never a traceback (``-v`` logs
-more). The commands themselves live in ``_cli_commands``.
+more). The commands themselves live in ``_cli_commands``; ``bench`` is ``frys_zmq.bench``, with
+its own flags and exit codes.
 """
 
 from __future__ import annotations
@@ -52,8 +53,19 @@ _N = TypeVar("_N", int, float)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``frys-zmq``; returns the exit code (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        # The benchmark is synchronous and parses its own flags: dispatched before argparse
+        # (a REMAINDER argument would reject a leading option such as --quick) and asyncio.
+        # Imported here so that the other commands do not pay for loading it.
+        from .bench import main as bench_main
+
+        try:
+            return bench_main(args[1:])
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(args)
     _setup_logging(ns.verbose)
     command: Callable[[argparse.Namespace], Awaitable[int]] = ns.run
     try:
@@ -352,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more to stderr")
     p.set_defaults(run=cmd_demo)
+
+    # Listed for --help only: main() hands "bench ..." to frys_zmq.bench before parsing.
+    p = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="measure frys against raw pyzmq and plain files (bench --help for its flags)",
+        description="Run the benchmark; see 'frys-zmq bench --help'.",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
