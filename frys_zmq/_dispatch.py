@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._errors import AlreadyClosed
 from ._event import Event
@@ -18,6 +19,117 @@ __all__ = ["Dispatcher", "Handler", "Subscription"]
 log = logging.getLogger("frys_zmq.dispatch")
 
 Handler = Callable[[Event], Awaitable[None] | None]
+T = TypeVar("T")
+
+
+class _Fifo(Generic[T]):
+    """A bounded FIFO with one consumer, cheaper per item than ``asyncio.Queue``.
+
+    Futures are made only when the consumer waits on an empty queue or a producer waits on
+    a full one; the common case is a deque append and popleft.
+    """
+
+    __slots__ = ("_getter", "_items", "_maxsize", "_putters")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._maxsize = maxsize
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: T) -> bool:
+        """Append ``item``; False (and nothing appended) when the queue is full."""
+        if 0 < self._maxsize <= len(self._items):
+            return False
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
+        return True
+
+    async def put(self, item: T) -> None:
+        """Append ``item``, waiting while the queue is full."""
+        while not self.put_nowait(item):
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    def get_nowait(self) -> T:
+        """Pop the oldest item (IndexError when empty) and let one waiting producer in."""
+        item = self._items.popleft()
+        putters = self._putters
+        while putters:
+            fut = putters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        return item
+
+    async def wait(self) -> None:
+        """Return once the queue holds an item."""
+        while not self._items:
+            fut = asyncio.get_running_loop().create_future()
+            self._getter = fut
+            try:
+                await fut
+            finally:
+                if self._getter is fut:
+                    self._getter = None
+
+    async def get(self) -> T:
+        await self.wait()
+        return self.get_nowait()
+
+    def clear(self) -> int:
+        """Drop every item; return how many there were."""
+        n = len(self._items)
+        self._items.clear()
+        for fut in self._putters:
+            if not fut.done():
+                fut.set_result(None)  # they find room now
+        self._putters.clear()
+        return n
+
+
+class _Limiter:
+    """At most ``n`` holders at once; taking a free slot costs no await."""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled
+            raise
+
+    def release(self) -> None:
+        """Hand the slot to the first waiter, or free it."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 class Subscription:
@@ -38,7 +150,7 @@ class Subscription:
         self.pattern = pattern
         self.handler = handler
         self._dispatcher = dispatcher
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self._queue: _Fifo[Event | None] = _Fifo(maxsize)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.delivered = 0  #: events handed to the handler or iterator
@@ -83,41 +195,67 @@ class Subscription:
             )
 
     async def _run(self, handler: Handler) -> None:
+        # One loop per subscription, no coroutine or future per event: the common case
+        # (a free slot, a handler that returns None or finishes) costs a call and a popleft.
         queue = self._queue
-        dispatcher = self._dispatcher
+        items = queue._items
+        limiter = self._dispatcher.limiter
+        isawaitable = inspect.isawaitable
         while True:
-            event = await queue.get()
+            if not items:
+                await queue.wait()
+            event = queue.get_nowait()
             if event is None:
                 return
             if self.skip is not None and self.skip(event):
                 continue
             self.delivered += 1
-            await self._handle(handler, event, dispatcher)
+            if limiter.free > 0:
+                limiter.free -= 1
+            else:
+                await limiter.acquire()
+            failed: Exception | None = None
+            try:
+                result = handler(event)
+                if result is not None and isawaitable(result):
+                    await result
+            except Exception as exc:  # CancelledError is a BaseException: it propagates
+                failed = exc
+            finally:
+                limiter.release()
+            if failed is not None:
+                await self._retry(handler, event, failed)
             if self.on_handled is not None:
                 self.on_handled(event)
 
-    async def _handle(self, handler: Handler, event: Event, dispatcher: Dispatcher) -> None:
-        """Run ``handler``; retry with exponential backoff; then dead-letter the event."""
+    async def _retry(self, handler: Handler, event: Event, exc: Exception) -> None:
+        """After a failed call: retry with exponential backoff, then dead-letter the event."""
+        dispatcher = self._dispatcher
         attempts = dispatcher.retries + 1
-        for attempt in range(attempts):
+        for attempt in range(1, attempts + 1):
+            self.errors += 1
+            dispatcher.handler_errors += 1
+            if attempt == attempts:
+                break
+            await asyncio.sleep(dispatcher.retry_backoff * (2 ** (attempt - 1)))
+            await dispatcher.limiter.acquire()
             try:
-                async with dispatcher.concurrency:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors += 1
-                dispatcher.handler_errors += 1
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(dispatcher.retry_backoff * (2**attempt))
-                    continue
-                log.exception(
-                    "handler for %r failed %d times on %r", self.pattern, attempts, event.topic
-                )
-                dispatcher.dead_letter(self, event, exc, attempts)
+            except Exception as again:
+                exc = again
+            finally:
+                dispatcher.limiter.release()
+        log.error(
+            "handler for %r failed %d times on %r",
+            self.pattern,
+            attempts,
+            event.topic,
+            exc_info=exc,
+        )
+        dispatcher.dead_letter(self, event, exc, attempts)
 
     def cancel(self) -> None:
         """Stop receiving. Idempotent; queued events are dropped and counted."""
@@ -125,9 +263,7 @@ class Subscription:
             return
         self._closed = True
         self._dispatcher._remove(self)
-        self.dropped += self._queue.qsize()
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self.dropped += self._queue.clear()
         if self._task is not None:
             self._task.cancel()
         else:
@@ -151,7 +287,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if self._closed and self._queue.empty():
+        if self._closed and not self._queue.qsize():
             raise StopAsyncIteration
         event = await self._queue.get()
         if event is None:
@@ -193,7 +329,7 @@ class Dispatcher:
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
         #: Bounds how many handler calls run at once across all subscriptions.
-        self.concurrency = asyncio.Semaphore(max_concurrent)
+        self.limiter = _Limiter(max_concurrent)
         self.retries = retries
         self.retry_backoff = retry_backoff
         self._on_dead_letter = on_dead_letter
@@ -233,9 +369,7 @@ class Dispatcher:
         """Queue ``event`` on ``subs``; return those that were full (caller awaits them)."""
         blocked: list[Subscription] | None = None
         for sub in subs:
-            try:
-                sub._queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if not sub._queue.put_nowait(event):
                 if blocked is None:
                     blocked = []
                 blocked.append(sub)

@@ -35,6 +35,12 @@ class Result:
         return self.out.splitlines()
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a non-interactive shell inherits SIGINT as
+    # ignored, and Python keeps it ignored; these tests interrupt the CLI on purpose.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -44,6 +50,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=ENV,
+        preexec_fn=_default_sigint,
     )
 
 
