@@ -18,6 +18,7 @@ from ._cursors import CursorStore
 from ._dispatch import Dispatcher, Handler, Subscription
 from ._errors import (
     AlreadyClosed,
+    BadFrame,
     ConfigError,
     DecodeError,
     FrysError,
@@ -28,7 +29,7 @@ from ._errors import (
     TopicError,
     TransportError,
 )
-from ._event import Event, Reply, Request
+from ._event import EMPTY_METADATA, Event, Reply, Request
 from ._node import Node, NodeCallbacks
 from ._peers import PeerInfo
 from ._topics import is_system_topic, validate_pattern, validate_topic
@@ -91,6 +92,8 @@ class EventBus:
         self._node: Node | None = None
         self._started = False
         self._closed = False
+        self._open = False  #: started and not closed
+        self._match = self._dispatcher.matches
         self._topic_ok: dict[str, bytes] = {}
         self._durable: dict[str, tuple[Subscription, CursorStore]] = {}
         self._remote_topic_ok: set[str] = set()
@@ -116,6 +119,7 @@ class EventBus:
                 self.config,
                 NodeCallbacks(
                     deliver=self._deliver_remote,
+                    deliver_batch=self._deliver_batch,
                     serve=self._serve_remote,
                     system=self._system_event,
                     durable_floor=self._durable_floor,
@@ -126,6 +130,7 @@ class EventBus:
             self._incarnation = node.incarnation
             node.set_served(set(self._handlers))
         self._started = True
+        self._open = True
         return self
 
     async def aclose(self) -> None:
@@ -133,6 +138,7 @@ class EventBus:
         if self._closed:
             return
         self._closed = True
+        self._open = False
         try:
             if self._node is not None:
                 await asyncio.shield(self._node.aclose())
@@ -166,7 +172,9 @@ class EventBus:
         if frame is None:
             validate_topic(topic, allow_system=system)
             frame = topic_frame(topic)
-            if len(self._topic_ok) < 65536:
+            # Only user topics are remembered as valid: a system topic the bus published
+            # itself ($frys.dlq...) must not become publishable by users.
+            if len(self._topic_ok) < 65536 and not is_system_topic(topic):
                 self._topic_ok[topic] = frame
         return frame
 
@@ -204,8 +212,12 @@ class EventBus:
         *,
         system: bool = False,
     ) -> tuple[Event, list[Subscription] | None]:
-        self._check_open()
-        tframe = self._topic_frame(topic, system=system)
+        # The publisher's hot path: every step here runs once per event.
+        if not self._open:
+            self._check_open()
+        tframe = self._topic_ok.get(topic)
+        if tframe is None:
+            tframe = self._topic_frame(topic, system=system)
         meta = dict(metadata) if metadata else None
         ts = time.time_ns()
         node = self._node
@@ -214,22 +226,16 @@ class EventBus:
             # seq, or every subscriber would see a gap.
             seq = node.seq + 1
             data, flags = self._codec.encode(payload)
-            header = encode_header(Kind.EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
+            header = encode_header(_EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
             node.send_event(topic, tframe, header, data, seq, ts)
         else:
             self._local_seq += 1
             seq = self._local_seq
         self.published += 1
         event = Event(
-            topic,
-            payload,
-            metadata=meta,
-            source=self.node_id,
-            incarnation=self._incarnation,
-            seq=seq,
-            timestamp_ns=ts,
+            topic, payload, meta or EMPTY_METADATA, self.node_id, self._incarnation, seq, ts
         )
-        subs = self._dispatcher.matches(topic)
+        subs = self._match(topic)
         if not subs:
             return event, None
         return event, self._dispatcher.dispatch_nowait(event, subs)
@@ -239,12 +245,13 @@ class EventBus:
     ) -> list[Event]:
         """Publish many ``(topic, payload[, metadata])`` in order; returns the events."""
         out: list[Event] = []
+        append = out.append
+        publish = self._publish_nowait
         for item in events:
-            topic, payload, *rest = item
-            event, blocked = self._publish_nowait(topic, payload, rest[0] if rest else None)
+            event, blocked = publish(item[0], item[1], item[2] if len(item) > 2 else None)
             if blocked:
                 await self._dispatcher.wait_blocked(event, blocked)
-            out.append(event)
+            append(event)
             if len(out) % _BATCH_YIELD == 0:
                 # A huge batch must not starve heartbeats and NACK answers of this node.
                 await asyncio.sleep(0)
@@ -466,15 +473,10 @@ class EventBus:
     def _deliver_remote(
         self, topic: str, header: Header, payload: bytes, history: bool
     ) -> Awaitable[None] | None:
-        if topic not in self._remote_topic_ok:
-            try:
-                validate_topic(topic, allow_system=topic.startswith(_REMOTE_SYSTEM_PREFIX))
-            except TopicError as exc:
-                # The seq is used up (the tracker moved on), so the event is dropped here.
-                self._count_decode_error(header.source, exc)
-                return None
-            if len(self._remote_topic_ok) < 65536:
-                self._remote_topic_ok.add(topic)
+        if topic not in self._remote_topic_ok and not self._check_remote_topic(
+            topic, header.source
+        ):
+            return None
         subs = self._dispatcher.matches(topic)
         if history:
             subs = tuple(s for s in subs if s.durable is not None)
@@ -489,7 +491,7 @@ class EventBus:
         event = Event(
             topic,
             value,
-            metadata=header.metadata,
+            metadata=header.metadata or EMPTY_METADATA,
             source=header.source,
             incarnation=header.incarnation,
             seq=header.seq,
@@ -499,6 +501,74 @@ class EventBus:
         blocked = self._dispatcher.dispatch_nowait(event, subs)
         if blocked:
             return self._dispatcher.wait_blocked(event, blocked)
+        return None
+
+    def _check_remote_topic(self, topic: str, source: str, events: int = 1) -> bool:
+        """Whether a peer may send ``topic``; counts the ``events`` dropped if not.
+
+        The seqs are used up (the tracker moved on), so such events are dropped here.
+        """
+        try:
+            validate_topic(topic, allow_system=topic.startswith(_REMOTE_SYSTEM_PREFIX))
+        except TopicError as exc:
+            for _ in range(events):
+                self._count_decode_error(source, exc)
+            return False
+        if len(self._remote_topic_ok) < 65536:
+            self._remote_topic_ok.add(topic)
+        return True
+
+    def _deliver_batch(
+        self, topic: str, source: str, incarnation: int, first: int, parts: list[bytes]
+    ) -> Awaitable[None] | None:
+        """Deliver the events of one BATCH (see ``NodeCallbacks.deliver_batch``).
+
+        The hot path of a subscriber: the topic is checked and matched once for the batch;
+        each event costs a header decode, a payload decode and a queue append.
+        """
+        n = len(parts) >> 1
+        if topic not in self._remote_topic_ok and not self._check_remote_topic(topic, source, n):
+            return None
+        subs = self._dispatcher.matches(topic)
+        if not subs:
+            self._dispatcher.unmatched += n
+            return None
+        limits = self.config.limits
+        decode = self._codec.decode
+        events: list[Event] = []
+        append = events.append
+        seq = first
+        for k in range(0, len(parts), 2):
+            try:
+                header = decode_header(parts[k], limits)
+                if (
+                    header.kind != _EVENT
+                    or header.source != source
+                    or header.incarnation != incarnation
+                    or header.seq != seq
+                ):
+                    raise BadFrame("an entry of the batch is not its next event")
+                value = decode(parts[k + 1], header.flags)
+            except DecodeError as exc:
+                self._count_decode_error(source, exc)
+                continue
+            finally:
+                seq += 1
+            append(
+                Event(
+                    topic,
+                    value,
+                    header.metadata or EMPTY_METADATA,
+                    source,
+                    incarnation,
+                    header.seq,
+                    header.timestamp_ns,
+                )
+            )
+        self._latency.add_events(time.time_ns(), events)
+        blocked = self._dispatcher.dispatch_many(events, subs)
+        if blocked:
+            return self._dispatcher.wait_blocked_many(events, blocked)
         return None
 
     def _dead_letter(
@@ -569,7 +639,7 @@ class EventBus:
             yield Event(
                 record.topic,
                 self._codec.decode(record.payload, header.flags),
-                metadata=header.metadata,
+                metadata=header.metadata or EMPTY_METADATA,
                 source=header.source,
                 incarnation=header.incarnation,
                 seq=record.seq,
@@ -663,6 +733,8 @@ class EventBus:
 #: ``$frys.peer.*`` or ``$frys.gap`` on this node.
 _REMOTE_SYSTEM_PREFIX = "$frys.dlq"
 
+_EVENT = int(Kind.EVENT)
+
 #: ``publish_batch`` lets the event loop run after this many events.
 _BATCH_YIELD = 1024
 
@@ -680,6 +752,9 @@ def _as_handler_error(exc: BaseException) -> FrysError:
 class _Latency:
     """Bounded reservoir of delivery latencies (ns) for p50/p99."""
 
+    #: Batches are sampled: the latencies of neighbours in one batch hardly differ.
+    _STRIDE = 8
+
     def __init__(self, size: int = 4096) -> None:
         self._buf: list[int] = []
         self._size = size
@@ -695,6 +770,24 @@ class _Latency:
         else:
             self._buf[self._i] = ns
             self._i = (self._i + 1) % self._size
+
+    def add_events(self, now_ns: int, events: list[Event]) -> None:
+        """Add the latency of events delivered at ``now_ns``: every ``_STRIDE``-th one."""
+        sample = [now_ns - e.timestamp_ns for e in events[:: self._STRIDE]]
+        if not sample:
+            return
+        self.count += len(sample)
+        self.total += sum(sample)
+        buf, size = self._buf, self._size
+        if len(buf) + len(sample) <= size:
+            buf.extend(sample)
+            return
+        for ns in sample[-size:]:
+            if len(buf) < size:
+                buf.append(ns)
+            else:
+                buf[self._i] = ns
+                self._i = (self._i + 1) % size
 
     def summary(self) -> dict[str, float]:
         if not self._buf:

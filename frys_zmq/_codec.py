@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import lz4.frame
 import msgpack
+import msgspec
 
 from ._errors import (
     ConfigError,
@@ -38,7 +39,7 @@ from ._errors import (
 )
 from ._limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["FLAG_COMPRESSED", "PayloadCodec", "packb", "unpack_limited"]
+__all__ = ["FLAG_COMPRESSED", "PayloadCodec", "ext_hook", "packb", "unpack_limited"]
 
 #: Bit in the header's flags field: the payload is one lz4 frame that stores its content size.
 FLAG_COMPRESSED: Final = 0x01
@@ -52,7 +53,7 @@ class PayloadCodec:
     Cheap to share: packing uses one reused Packer per thread.
     """
 
-    __slots__ = ("_compression", "_limits", "_threshold")
+    __slots__ = ("_compression", "_depth", "_fast_max", "_limits", "_threshold")
 
     def __init__(
         self,
@@ -74,6 +75,18 @@ class PayloadCodec:
         self._limits = limits
         self._compression = bool(compression)
         self._threshold = compression_threshold
+        # Plain payloads up to this size take the short path in ``decode`` (see ``_unpack``).
+        self._depth = limits.max_depth
+        self._fast_max = (
+            min(
+                limits.max_blob_len,
+                limits.max_container_len,
+                limits.max_message_bytes,
+                _COUNT_MAX_BYTES,
+            )
+            if limits.max_depth < _FAST_DEPTH_MAX
+            else -1
+        )
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +125,21 @@ class PayloadCodec:
 
     def decode(self, data: bytes | memoryview, flags: int) -> Any:
         """Return the object in ``data``; raise only :class:`DecodeError` subclasses."""
+        # Inlined short path of `_unpack` for the common small, uncompressed payload.
+        if (
+            flags == 0
+            and type(data) is bytes
+            and len(data) <= self._fast_max
+            and (
+                len(data) <= self._depth
+                or len(data.translate(None, _NOT_CONTAINER_HEADERS)) <= self._depth
+            )
+        ):
+            try:
+                return _msgspec_decode(data)
+            except Exception:
+                pass  # `_fast_unpack` below says what is wrong
+            return _fast_unpack(data)
         if not isinstance(flags, int) or flags & ~_KNOWN_FLAGS:
             raise DecodeError(f"unknown payload flags {flags!r}")
         limits = self._limits
@@ -181,6 +209,9 @@ _LZ4_MAX_RATIO: Final = 256
 #    itself rejects excess depth before building it. That costs a fixed ~50 us, which beats
 #    walking once the payload is past a few KiB.
 _COUNT_MAX_BYTES: Final = 64 * 1024
+# msgspec's own guard is the interpreter's recursion limit; our depth limit must stay well
+# below it for the msgspec route (deeper limits take msgpack's, with its fixed C stack).
+_FAST_DEPTH_MAX: Final = 256
 _WALK_MAX_BYTES: Final = 8 * 1024
 _CONTAINER_HEADERS: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _NOT_CONTAINER_HEADERS: Final = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
@@ -221,6 +252,22 @@ def _decompress(data: bytes | memoryview, size: int, limits: Limits) -> bytes:
 def _unpack(data: bytes | memoryview, size: int, limits: Limits) -> Any:
     """Unpack one object of ``size`` bytes, enforcing length and depth limits."""
     max_depth = limits.max_depth
+    if (
+        size <= limits.max_blob_len
+        and size <= limits.max_container_len
+        and max_depth < _FAST_DEPTH_MAX
+    ):
+        # No string or container can be longer than the input, so the length limits hold
+        # by themselves, and msgspec checks every length prefix against the bytes that are
+        # left before it allocates. Its recursion guard stops hostile depth; our own limit
+        # is checked by counting container headers (small input) or walking the result.
+        if size <= max_depth or (
+            size <= _COUNT_MAX_BYTES and _count_container_headers(data) <= max_depth
+        ):
+            return _fast_unpack(data)
+        obj = _fast_unpack(data)
+        _check_depth(obj, max_depth)
+        return obj
     if _STACK_DEPTH and max_depth >= _STACK_DEPTH:
         return _unpackb(data, size, limits)  # the C stack is already the stricter bound
     if size <= max_depth or (
@@ -234,6 +281,18 @@ def _unpack(data: bytes | memoryview, size: int, limits: Limits) -> Any:
     obj = _unpackb(data, size, limits)
     _check_depth(obj, max_depth)
     return obj
+
+
+def _fast_unpack(data: bytes | memoryview) -> Any:
+    """msgspec's decoder, its errors translated."""
+    try:
+        return _msgspec_decode(data)
+    except DecodeError:
+        raise
+    except RecursionError as exc:
+        raise LimitExceeded("MessagePack nesting is too deep") from exc
+    except Exception as exc:  # msgspec.DecodeError, and OverflowError for odd timestamps
+        raise DecodeError(f"malformed MessagePack: {exc}") from exc
 
 
 def _unpackb(data: bytes | memoryview, size: int, limits: Limits) -> Any:
@@ -336,6 +395,11 @@ def _ext_hook(code: int, data: bytes) -> object:
     raise DecodeError(f"unknown MessagePack extension type {code}")
 
 
+def ext_hook(code: int, data: memoryview) -> object:
+    """``_ext_hook`` for msgspec decoders, which hand extension data over as a memoryview."""
+    return _ext_hook(code, bytes(data))
+
+
 def _probe_stack_depth() -> int:
     """Return the depth msgpack's unpacker caps nesting at, or 0 if it does not cap it cleanly."""
     depth = 1024
@@ -363,3 +427,5 @@ class _PackerPerThread(threading.local):
 #: 1024 for msgpack's C extension; 0 (always walk instead) for the pure-Python fallback.
 _STACK_DEPTH: Final = _probe_stack_depth()
 _PACKERS: Final = _PackerPerThread()
+# Thread-safe: a msgspec Decoder keeps no state between calls.
+_msgspec_decode: Final = msgspec.msgpack.Decoder(ext_hook=ext_hook).decode

@@ -7,7 +7,7 @@ import collections
 import inspect
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ._errors import AlreadyClosed
@@ -52,6 +52,22 @@ class _Fifo(Generic[T]):
                 getter.set_result(None)
         return True
 
+    def put_many(self, items: Sequence[T], start: int = 0) -> int:
+        """Append ``items[start:]`` while there is room; return the index of the first left out."""
+        room = len(items) - start
+        if self._maxsize > 0:
+            room = min(room, self._maxsize - len(self._items))
+        if room <= 0:
+            return start
+        end = start + room
+        self._items.extend(items[start:end] if start or end < len(items) else items)
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
+        return end
+
     async def put(self, item: T) -> None:
         """Append ``item``, waiting while the queue is full."""
         while not self.put_nowait(item):
@@ -66,13 +82,18 @@ class _Fifo(Generic[T]):
     def get_nowait(self) -> T:
         """Pop the oldest item (IndexError when empty) and let one waiting producer in."""
         item = self._items.popleft()
+        if self._putters:
+            self.wake_putter()
+        return item
+
+    def wake_putter(self) -> None:
+        """Room was made: let the first waiting producer try again."""
         putters = self._putters
         while putters:
             fut = putters.popleft()
             if not fut.done():
                 fut.set_result(None)
                 break
-        return item
 
     async def wait(self) -> None:
         """Return once the queue holds an item."""
@@ -196,18 +217,25 @@ class Subscription:
 
     async def _run(self, handler: Handler) -> None:
         # One loop per subscription, no coroutine or future per event: the common case
-        # (a free slot, a handler that returns None or finishes) costs a call and a popleft.
+        # (a free slot, a handler that finishes without waiting) costs a call and a popleft.
         queue = self._queue
         items = queue._items
+        popleft = items.popleft
+        putters = queue._putters
         limiter = self._dispatcher.limiter
+        waiters = limiter._waiters
+        skip, on_handled = self.skip, self.on_handled  # set before the worker starts
+        is_async = inspect.iscoroutinefunction(handler)
         isawaitable = inspect.isawaitable
         while True:
             if not items:
                 await queue.wait()
-            event = queue.get_nowait()
+            event = popleft()
+            if putters:
+                queue.wake_putter()
             if event is None:
                 return
-            if self.skip is not None and self.skip(event):
+            if skip is not None and skip(event):
                 continue
             self.delivered += 1
             if limiter.free > 0:
@@ -216,17 +244,23 @@ class Subscription:
                 await limiter.acquire()
             failed: Exception | None = None
             try:
-                result = handler(event)
-                if result is not None and isawaitable(result):
-                    await result
+                if is_async:
+                    await handler(event)  # type: ignore[misc]
+                else:
+                    result = handler(event)
+                    if result is not None and isawaitable(result):
+                        await result
             except Exception as exc:  # CancelledError is a BaseException: it propagates
                 failed = exc
             finally:
-                limiter.release()
+                if waiters:
+                    limiter.release()
+                else:
+                    limiter.free += 1
             if failed is not None:
                 await self._retry(handler, event, failed)
-            if self.on_handled is not None:
-                self.on_handled(event)
+            if on_handled is not None:
+                on_handled(event)
 
     async def _retry(self, handler: Handler, event: Event, exc: Exception) -> None:
         """After a failed call: retry with exponential backoff, then dead-letter the event."""
@@ -326,6 +360,8 @@ class Dispatcher:
         on_dead_letter: Callable[[Subscription, Event, BaseException, int], None] | None = None,
     ) -> None:
         self._index: TopicIndex[Subscription] = TopicIndex()
+        #: The subscriptions whose pattern matches a topic (the index's cached lookup).
+        self.matches: Callable[[str], tuple[Subscription, ...]] = self._index.match
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
         #: Bounds how many handler calls run at once across all subscriptions.
@@ -357,9 +393,6 @@ class Dispatcher:
         self._index.remove(sub.pattern, sub)
         self._subs.discard(sub)
 
-    def matches(self, topic: str) -> tuple[Subscription, ...]:
-        return self._index.match(topic)
-
     def has_subscribers(self) -> bool:
         return bool(self._subs)
 
@@ -375,6 +408,43 @@ class Dispatcher:
                 blocked.append(sub)
         self.dispatched += len(subs) - (len(blocked) if blocked else 0)
         return blocked
+
+    def dispatch_many(
+        self, events: list[Event], subs: tuple[Subscription, ...]
+    ) -> list[tuple[Subscription, int]] | None:
+        """Queue ``events`` on each of ``subs``, in order, as far as their queues have room.
+
+        Returns the subscriptions that were full, each with the index of its first event
+        left out (the caller passes them to ``wait_blocked_many``), or None.
+        """
+        blocked: list[tuple[Subscription, int]] | None = None
+        n = len(events)
+        queued = 0
+        for sub in subs:
+            taken = sub._queue.put_many(events)
+            queued += taken
+            if taken < n:
+                if blocked is None:
+                    blocked = []
+                blocked.append((sub, taken))
+        self.dispatched += queued
+        return blocked
+
+    async def wait_blocked_many(
+        self, events: list[Event], blocked: list[tuple[Subscription, int]]
+    ) -> None:
+        """Queue the rest of ``events`` on the full subscriptions, waiting for room."""
+        n = len(events)
+        for sub, start in blocked:
+            queue = sub._queue
+            while start < n and not sub.closed:
+                taken = queue.put_many(events, start)
+                self.dispatched += taken - start
+                start = taken
+                if start < n:
+                    await queue.put(events[start])
+                    self.dispatched += 1
+                    start += 1
 
     async def dispatch(self, event: Event) -> None:
         """Queue ``event`` on every matching subscription, waiting where a queue is full."""

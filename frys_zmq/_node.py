@@ -68,6 +68,9 @@ class NodeCallbacks:
     #: marks history: events from before this node met the publisher, replayed for durable
     #: subscriptions only.
     deliver: Callable[[str, Header, bytes, bool], Awaitable[None] | None]
+    #: A BATCH of events of one topic and publisher, in order and new to this node: their
+    #: header and payload frames alternating, the first with seq ``first``. Same contract.
+    deliver_batch: Callable[[str, str, int, int, list[bytes]], Awaitable[None] | None]
     #: Serve a request; returns (ok, payload bytes, flags).
     serve: Callable[[str, Header, bytes], Awaitable[tuple[bool, bytes, int]]]
     #: Publish a system event locally (``$frys.peer.joined`` ...).
@@ -103,7 +106,6 @@ class _Stream:
 class NodeStats:
     """Counters the node keeps; ``EventBus.get_metrics`` reports them."""
 
-    published: int = 0
     received: int = 0
     duplicates: int = 0
     repaired: int = 0
@@ -134,6 +136,7 @@ class Node:
         self.stats = NodeStats()
         self.log: PersistentEventQueue | None = None
         self._unsent: list[Frames] = []
+        self._unsent_sizes: list[int] = []  # header + payload bytes of each unsent event
         self._unsent_bytes = 0
         self._flush_scheduled = False
         # A batch must fit the receivers' message limit with room to spare.
@@ -290,15 +293,16 @@ class Node:
         frames = (tframe, header, payload)
         size = len(header) + len(payload)
         if self._reliable:
-            self._ring.add(seq, frames, size + len(tframe))
-        self.stats.published += 1
+            self._ring.add(seq, frames, size)
         if self.log is not None:
             # Logged before sent: the record reaches the OS before the event reaches the
             # wire, so a killed publisher never comes back without an event a subscriber has.
             self.log.append_nowait(LogRecord(seq, ts, topic, header, payload))
-        self._unsent.append(frames)
+        unsent = self._unsent
+        unsent.append(frames)
+        self._unsent_sizes.append(size)
         self._unsent_bytes += size
-        if len(self._unsent) >= MAX_BATCH_EVENTS or self._unsent_bytes >= self._batch_bytes:
+        if len(unsent) >= MAX_BATCH_EVENTS or self._unsent_bytes >= self._batch_bytes:
             self._flush_unsent()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -314,19 +318,21 @@ class Node:
         if not self._unsent:
             return
         unsent, self._unsent = self._unsent, []
+        sizes, self._unsent_sizes = self._unsent_sizes, []
         self._unsent_bytes = 0
         if self.log is not None:
             self.log.flush()
         send, n, i = self._send_pub, len(unsent), 0
+        single_max, batch_bytes = self._batch_single_max, self._batch_bytes
         while i < n:
             tframe, header, payload = unsent[i]
             end = i + 1
-            size = len(header) + len(payload)
-            if size < self._batch_single_max:
+            size = sizes[i]
+            if size < single_max:
                 while end < n:
-                    t, h, p = unsent[end]
-                    size += len(h) + len(p)
-                    if t != tframe or size > self._batch_bytes or len(p) >= _BIG:
+                    more = sizes[end]
+                    size += more
+                    if size > batch_bytes or more >= _BIG or unsent[end][0] != tframe:
                         break
                     end += 1
             if end == i + 1:
@@ -539,13 +545,27 @@ class Node:
         return None
 
     def _on_batch(self, topic: str, header: Header, frames: list[bytes]) -> Awaitable[None] | None:
-        """Unpack a BATCH into its events and take them one by one, in order."""
+        """Take a BATCH: as a whole when it is next in its stream, else event by event."""
         try:
             parts = unpack_batch(frames[2], self._limits)
         except DecodeError as exc:
             self._bad(header.source, type(exc).__name__, exc)
             return None
-        tframe, source = frames[0], header.source
+        source, first, n = header.source, header.seq, len(parts) >> 1
+        stream = self._streams.get(source)
+        if stream is None or (stream.incarnation != header.incarnation and not stream.durable):
+            self.stats.received += n
+            self.stats.unknown_source += n
+            return None
+        # The common case costs one check for the whole batch: its events are the next ones
+        # of the stream and none is history. The bus checks each entry's own header.
+        if first > stream.history_until and (
+            not self._reliable or stream.tracker.take_run(first, n)
+        ):
+            self.stats.received += n
+            self.peers.heard(source, time.monotonic())
+            return self._cb.deliver_batch(topic, source, header.incarnation, first, parts)
+        tframe = frames[0]
         events = [[tframe, parts[k], parts[k + 1]] for k in range(0, len(parts), 2)]
 
         def one(event: list[bytes]) -> Awaitable[None] | None:

@@ -8,7 +8,7 @@ The publisher side keeps a ``RetentionRing`` of its recent messages to answer NA
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -113,6 +113,18 @@ class StreamTracker(Generic[T]):
             return []
         self.next_seq = seq + 1
         return [item, *self._drain()]
+
+    def take_run(self, first: int, n: int) -> bool:
+        """Take ``first .. first + n - 1`` at once if they are next and nothing is held back.
+
+        Returns False (and changes nothing) otherwise; offer them one by one then.
+        """
+        if first != self.next_seq or self._pending:
+            return False
+        self.next_seq = first + n
+        if first + n - 1 > self.known_last:
+            self.known_last = first + n - 1
+        return True
 
     def progress(self, now: float, timeout: float = _timing.NACK_TIMEOUT) -> None:
         """A replayed event arrived: the outstanding NACK is being answered, so wait on."""
@@ -224,32 +236,51 @@ class StreamTracker(Generic[T]):
 
 
 class RetentionRing(Generic[T]):
-    """The publisher's recent messages by seq, bounded by count and bytes."""
+    """The publisher's recent messages by (consecutive) seq, bounded by count and bytes."""
 
-    __slots__ = ("_bytes", "_items", "max_bytes", "max_items")
+    __slots__ = ("_bytes", "_first", "_items", "_sizes", "max_bytes", "max_items")
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._items: OrderedDict[int, tuple[int, T]] = OrderedDict()
+        self._items: deque[T] = deque()
+        self._sizes: deque[int] = deque()
+        self._first = 0  # seq of _items[0]
         self._bytes = 0
 
     def add(self, seq: int, item: T, size: int) -> None:
-        self._items[seq] = (size, item)
+        """Keep ``item`` as ``seq``, the next seq; a seq out of turn starts the ring over."""
+        items = self._items
+        n = len(items)
+        if n and seq != self._first + n:
+            items.clear()
+            self._sizes.clear()
+            self._bytes = 0
+            n = 0
+        if not n:
+            self._first = seq
+        items.append(item)
+        self._sizes.append(size)
         self._bytes += size
-        while len(self._items) > self.max_items or (
-            self._bytes > self.max_bytes and len(self._items) > 1
-        ):
-            _, (old_size, _) = self._items.popitem(last=False)
-            self._bytes -= old_size
+        if n >= self.max_items or self._bytes > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        items, sizes = self._items, self._sizes
+        while len(items) > self.max_items or (self._bytes > self.max_bytes and len(items) > 1):
+            items.popleft()
+            self._bytes -= sizes.popleft()
+            self._first += 1
 
     def get(self, seq: int) -> T | None:
-        entry = self._items.get(seq)
-        return None if entry is None else entry[1]
+        i = seq - self._first
+        if 0 <= i < len(self._items):
+            return self._items[i]
+        return None
 
     @property
     def oldest(self) -> int | None:
-        return next(iter(self._items), None)
+        return self._first if self._items else None
 
     @property
     def nbytes(self) -> int:

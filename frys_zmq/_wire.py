@@ -9,12 +9,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
+import msgspec
 
-from ._codec import packb
+from ._codec import ext_hook, packb
 from ._errors import BadFrame, DecodeError, MessageTooLarge, UnknownProtocolVersion
 from ._limits import Limits
 
@@ -67,21 +67,21 @@ MAX_BATCH_EVENTS: Final = 4096
 _good_sources: set[str] = set()
 
 
-@dataclass(slots=True)
-class Header:
-    """Decoded header of one message. Field order is the wire order after the version."""
+class Header(msgspec.Struct, array_like=True, gc=False):
+    """Decoded header of one message, in wire order (a MessagePack array)."""
 
+    version: int
     kind: int
     source: str
     incarnation: int
     seq: int
     timestamp_ns: int
-    metadata: Mapping[str, Any] | None = None
-    flags: int = 0
-    content_type: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    trace: str | None = None
+    metadata: dict[str, Any] | None
+    flags: int
+    content_type: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    trace: str | None
 
 
 # Everything msgpack raises on hostile input: its own errors and limit breaches are
@@ -103,30 +103,67 @@ def encode_header(
     trace: str | None = None,
 ) -> bytes:
     """Pack one header. Metadata must be MessagePack-able (str keys recommended)."""
+    fields = (
+        PROTOCOL_VERSION,
+        kind,
+        source,
+        incarnation,
+        seq,
+        timestamp_ns,
+        metadata,
+        flags,
+        content_type,
+        correlation_id,
+        reply_to,
+        trace,
+    )
+    if metadata is None or _plain_metadata(metadata):
+        # msgspec packs plain values the same way as the codec, about three times faster.
+        try:
+            return _encode_fast(fields)
+        except (TypeError, OverflowError, UnicodeEncodeError):
+            pass  # the codec's packer says what is wrong
     # The codec's packer: one per thread (sync facades run buses on their own threads), and
     # it maps datetimes in metadata the same way as in payloads.
-    return packb(
-        (
-            PROTOCOL_VERSION,
-            kind,
-            source,
-            incarnation,
-            seq,
-            timestamp_ns,
-            metadata,
-            flags,
-            content_type,
-            correlation_id,
-            reply_to,
-            trace,
-        )
-    )
+    return packb(fields)
+
+
+_PLAIN_TYPES: Final = frozenset((str, int, float, bool, type(None), bytes))
+
+
+def _plain_metadata(metadata: Mapping[str, Any]) -> bool:
+    """Whether every key is a str and every value a plain scalar (no datetime, no container)."""
+    plain = _PLAIN_TYPES
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) not in plain:
+            return False
+    return True
 
 
 def decode_header(data: bytes, limits: Limits) -> Header:
     """Unpack and check one header; raises only ``DecodeError`` subclasses."""
     if len(data) > limits.max_header_bytes:
         raise MessageTooLarge(len(data), limits.max_header_bytes, "header")
+    try:
+        # One typed decode checks every field's type in C; it runs once per event.
+        header = _decode_typed(data)
+    except Exception:
+        # Not a well-typed header: the field-by-field path says exactly what is wrong (or
+        # accepts what the typed one is stricter about, e.g. bytes keys in metadata).
+        return _decode_header_checked(data, limits)
+    if (
+        header.version // 100 != PROTOCOL_MAJOR
+        or header.kind not in _KINDS
+        or header.source not in _good_sources
+        or header.seq < 0
+        or header.incarnation < 0
+    ):
+        return _decode_header_checked(data, limits)
+    return header
+
+
+def _decode_header_checked(data: bytes, limits: Limits) -> Header:
+    """The slow path of ``decode_header``: field by field, with a precise error."""
     try:
         fields = msgpack.unpackb(
             data,
@@ -187,6 +224,7 @@ def decode_header(data: bytes, limits: Limits) -> Header:
     ):
         raise BadFrame("content_type, correlation_id, reply_to and trace must be strings")
     return Header(
+        version,
         kind,
         source,
         incarnation,
@@ -199,6 +237,10 @@ def decode_header(data: bytes, limits: Limits) -> Header:
         reply_to,
         trace,
     )
+
+
+_decode_typed = msgspec.msgpack.Decoder(Header, ext_hook=ext_hook).decode
+_encode_fast = msgspec.msgpack.Encoder().encode
 
 
 def pack_batch(parts: Sequence[bytes]) -> bytes:

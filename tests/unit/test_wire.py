@@ -89,6 +89,7 @@ def test_every_kind_round_trips_with_every_field_set(kind: Kind) -> None:
         trace="00-abc-01",
     )
     assert decode_header(data, DEFAULT_LIMITS) == Header(
+        PROTOCOL_VERSION,
         kind,
         "node_A-1",
         2**63,
@@ -105,7 +106,9 @@ def test_every_kind_round_trips_with_every_field_set(kind: Kind) -> None:
 
 def test_optional_fields_default_to_none_and_zero() -> None:
     header = decode_header(encode_header(Kind.HEARTBEAT, "n", 0, 0, 0), DEFAULT_LIMITS)
-    assert header == Header(int(Kind.HEARTBEAT), "n", 0, 0, 0)
+    assert header == Header(
+        PROTOCOL_VERSION, int(Kind.HEARTBEAT), "n", 0, 0, 0, None, 0, None, None, None, None
+    )
     assert header.metadata is None
     assert header.flags == 0
     assert header.content_type is header.correlation_id is header.reply_to is None
@@ -142,7 +145,9 @@ def test_any_header_round_trips(
     strings: list[str | None],
 ) -> None:
     data = encode_header(kind, source, incarnation, seq, timestamp_ns, metadata, flags, *strings)
-    expected = Header(kind, source, incarnation, seq, timestamp_ns, metadata, flags, *strings)
+    expected = Header(
+        PROTOCOL_VERSION, kind, source, incarnation, seq, timestamp_ns, metadata, flags, *strings
+    )
     assert decode_header(data, DEFAULT_LIMITS) == expected
 
 
@@ -174,7 +179,7 @@ def test_a_version_that_is_not_an_int_is_refused(version: Any) -> None:
 def test_a_newer_minor_with_extra_trailing_fields_is_accepted() -> None:
     data = packed([PROTOCOL_MAJOR * 100 + 99, *FULL[1:], "future", {"x": 1}, [1, 2, 3]])
     header = decode_header(data, DEFAULT_LIMITS)
-    assert header == Header(*FULL[1:])
+    assert header == Header(PROTOCOL_MAJOR * 100 + 99, *FULL[1:])
 
 
 def test_an_unknown_version_is_reported_before_a_short_header() -> None:
