@@ -8,6 +8,7 @@ from ._dispatch import Subscription
 from ._errors import (
     AlreadyClosed,
     BadFrame,
+    ChainError,
     ChecksumError,
     ConcurrencyError,
     ConfigError,
@@ -37,6 +38,7 @@ from ._event import Event, Reply, Request
 from ._limits import Limits
 from ._log import FsyncPolicy, LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState
+from ._processing import EventFilter, EventProcessingChain, MetadataFilter
 from ._queue import MemoryEventQueue, OverflowPolicy
 from ._topics import pattern_matches, validate_pattern, validate_topic
 
@@ -45,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyClosed",
     "BadFrame",
+    "ChainError",
     "ChecksumError",
     "ConcurrencyError",
     "ConfigError",
@@ -58,6 +61,8 @@ __all__ = [
     "Event",
     "EventBus",
     "EventBusConfig",
+    "EventFilter",
+    "EventProcessingChain",
     "FrysError",
     "FsyncPolicy",
     "HandlerError",
@@ -67,6 +72,7 @@ __all__ = [
     "LogRecord",
     "MemoryEventQueue",
     "MessageTooLarge",
+    "MetadataFilter",
     "NoResponders",
     "NotStarted",
     "OverflowPolicy",

@@ -29,9 +29,10 @@ from ._errors import (
     TopicError,
     TransportError,
 )
-from ._event import EMPTY_METADATA, Event, Reply, Request
+from ._event import EMPTY_METADATA, Event, PendingPayload, Reply, Request
 from ._node import Node, NodeCallbacks
 from ._peers import PeerInfo
+from ._processing import EventFilter, EventProcessingChain
 from ._topics import is_system_topic, validate_pattern, validate_topic
 from ._wire import (
     Header,
@@ -86,6 +87,7 @@ class EventBus:
             retries=config.handler_retries,
             retry_backoff=config.handler_retry_backoff,
             on_dead_letter=self._dead_letter,
+            resolve=self._resolve,
         )
         self._handlers: dict[str, RequestHandler] = {}
         self._request_sem: asyncio.Semaphore | None = None
@@ -265,22 +267,70 @@ class EventBus:
     # ------------------------------------------------------------------ subscribe
 
     def subscribe(
-        self, pattern: str, handler: Handler | None = None, *, durable: str | None = None
+        self,
+        pattern: str,
+        handler: Handler | None = None,
+        *,
+        durable: str | None = None,
+        filter: EventFilter | Callable[[Event], bool] | None = None,
+        chain: EventProcessingChain | None = None,
     ) -> Subscription:
         """Subscribe to ``pattern`` (``*`` one token, ``>`` the rest).
 
         ``bus.subscribe(p, handler)`` and ``sub = bus.subscribe(p)`` (then ``async for``)
         return a ``Subscription``; as a decorator, ``@bus.subscribe(p)`` replaces the
-        function with its ``Subscription``, which stays callable.
+        function with its ``Subscription``, which stays callable. ``filter`` (an
+        ``EventFilter`` or a predicate) skips events before the handler, ``chain`` runs its
+        steps on each event that passes; see ``register_processing_chain`` for chains that
+        apply to every subscription.
         """
         if self._closed:
             raise AlreadyClosed("EventBus is closed")
         validate_pattern(pattern)
+        if filter is not None and not isinstance(filter, EventFilter):
+            filter = EventFilter(filter)
+        if chain is not None and not isinstance(chain, EventProcessingChain):
+            raise ConfigError(f"chain must be an EventProcessingChain, got {chain!r}")
         if durable is None:
-            return self._dispatcher.subscribe(pattern, handler)
-        return self._subscribe_durable(pattern, handler, durable)
+            return self._dispatcher.subscribe(pattern, handler, event_filter=filter, chain=chain)
+        return self._subscribe_durable(pattern, handler, durable, filter, chain)
 
-    def _subscribe_durable(self, pattern: str, handler: Handler | None, name: str) -> Subscription:
+    def subscribe_with_filter(
+        self,
+        pattern: str,
+        event_filter: EventFilter | Callable[[Event], bool],
+        handler: Handler | None = None,
+        **options: Any,
+    ) -> Subscription:
+        """``subscribe(pattern, handler, filter=event_filter, ...)``."""
+        return self.subscribe(pattern, handler, filter=event_filter, **options)
+
+    def register_processing_chain(self, pattern: str, chain: EventProcessingChain) -> None:
+        """Run ``chain`` on the events of topics matching ``pattern`` before any handler.
+
+        It applies to every subscription of this bus, present and future, before the
+        subscription's own filter and chain; several chains run in registration order. Like
+        middleware, it runs in each subscription's worker (so per-publisher order holds), once
+        per subscription that receives the event: keep its steps free of side effects that
+        must happen once.
+        """
+        validate_pattern(pattern)
+        if not isinstance(chain, EventProcessingChain):
+            raise ConfigError(f"chain must be an EventProcessingChain, got {chain!r}")
+        self._dispatcher.register_chain(pattern, chain)
+
+    def remove_processing_chain(self, pattern: str, chain: EventProcessingChain) -> bool:
+        """Undo ``register_processing_chain``; returns whether it was registered."""
+        return self._dispatcher.remove_chain(pattern, chain)
+
+    def _subscribe_durable(
+        self,
+        pattern: str,
+        handler: Handler | None,
+        name: str,
+        event_filter: EventFilter | None,
+        chain: EventProcessingChain | None,
+    ) -> Subscription:
         """A subscription whose progress per publisher survives this process.
 
         After each handled event its ``(incarnation, seq)`` is written to a cursor file; on
@@ -291,7 +341,7 @@ class EventBus:
         if name in self._durable:
             raise ConfigError(f"durable subscription {name!r} exists already")
         store = CursorStore(self.config.node_dir, name)
-        sub = self._dispatcher.subscribe(pattern, None)
+        sub = self._dispatcher.subscribe(pattern, None, event_filter=event_filter, chain=chain)
         sub.durable = name
         node_id = self.node_id
 
@@ -483,14 +533,9 @@ class EventBus:
         if not subs:
             self._dispatcher.unmatched += 1
             return None
-        try:
-            value = self._codec.decode(payload, header.flags)
-        except DecodeError as exc:
-            self._count_decode_error(header.source, exc)
-            return None
         event = Event(
             topic,
-            value,
+            PendingPayload(payload, header.flags),
             metadata=header.metadata or EMPTY_METADATA,
             source=header.source,
             incarnation=header.incarnation,
@@ -502,6 +547,21 @@ class EventBus:
         if blocked:
             return self._dispatcher.wait_blocked(event, blocked)
         return None
+
+    def _resolve(self, event: Event) -> bool:
+        """Decode a remote event's payload in place; False (counted) if it cannot be."""
+        pending = event.payload
+        if type(pending) is not PendingPayload:
+            return True
+        if pending.data is None:
+            return False  # another subscription found it undecodable and counted it
+        try:
+            event.payload = self._codec.decode(pending.data, pending.flags)
+        except DecodeError as exc:
+            event.payload = PendingPayload(None, pending.flags)
+            self._count_decode_error(event.source, exc)
+            return False
+        return True
 
     def _check_remote_topic(self, topic: str, source: str, events: int = 1) -> bool:
         """Whether a peer may send ``topic``; counts the ``events`` dropped if not.
@@ -534,7 +594,6 @@ class EventBus:
             self._dispatcher.unmatched += n
             return None
         limits = self.config.limits
-        decode = self._codec.decode
         events: list[Event] = []
         append = events.append
         seq = first
@@ -548,16 +607,16 @@ class EventBus:
                     or header.seq != seq
                 ):
                     raise BadFrame("an entry of the batch is not its next event")
-                value = decode(parts[k + 1], header.flags)
             except DecodeError as exc:
                 self._count_decode_error(source, exc)
                 continue
             finally:
                 seq += 1
+            # The payload stays bytes until a subscription worker takes the event.
             append(
                 Event(
                     topic,
-                    value,
+                    PendingPayload(parts[k + 1], header.flags),
                     header.metadata or EMPTY_METADATA,
                     source,
                     incarnation,

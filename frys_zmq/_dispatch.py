@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ._errors import AlreadyClosed
-from ._event import Event
+from ._event import Event, PendingPayload
+from ._processing import EventFilter, EventProcessingChain, compose
 from ._topics import TopicIndex, validate_pattern
 
 __all__ = ["Dispatcher", "Handler", "Subscription"]
@@ -167,9 +168,15 @@ class Subscription:
         pattern: str,
         handler: Handler | None,
         maxsize: int,
+        event_filter: EventFilter | None = None,
+        chain: EventProcessingChain | None = None,
     ) -> None:
         self.pattern = pattern
         self.handler = handler
+        #: Events that fail it are skipped (counted in ``filtered``), before ``chain``.
+        self.filter = event_filter
+        #: Steps applied to each event before the handler sees it.
+        self.chain = chain
         self._dispatcher = dispatcher
         self._queue: _Fifo[Event | None] = _Fifo(maxsize)
         self._task: asyncio.Task[None] | None = None
@@ -177,6 +184,7 @@ class Subscription:
         self.delivered = 0  #: events handed to the handler or iterator
         self.errors = 0  #: handler calls that raised
         self.dropped = 0  #: events dropped because the subscription closed with them queued
+        self.filtered = 0  #: events stopped by a filter or a chain step before the handler
         #: Name of a durable subscription (its cursors survive restarts), else None.
         self.durable: str | None = None
         #: Optional filter: events for which it returns True are skipped (durable replays).
@@ -215,18 +223,39 @@ class Subscription:
                 self._run(self.handler), name=f"frys-sub-{self.pattern}"
             )
 
-    async def _run(self, handler: Handler) -> None:
+    def _pipeline(self, handler: Handler) -> Handler:
+        """``handler`` behind the bus's chains, this subscription's filter and its chain."""
+        process = compose(self._dispatcher.chains_for(), self.filter, self.chain)
+        if process is None:
+            return handler
+
+        async def run(event: Event) -> None:
+            out = await process(event)
+            if out is None:
+                self.filtered += 1
+                return
+            result = handler(out)
+            if result is not None and inspect.isawaitable(result):
+                await result
+
+        return run
+
+    async def _run(self, user_handler: Handler) -> None:
         # One loop per subscription, no coroutine or future per event: the common case
         # (a free slot, a handler that finishes without waiting) costs a call and a popleft.
         queue = self._queue
         items = queue._items
         popleft = items.popleft
         putters = queue._putters
-        limiter = self._dispatcher.limiter
+        dispatcher = self._dispatcher
+        limiter = dispatcher.limiter
         waiters = limiter._waiters
         skip, on_handled = self.skip, self.on_handled  # set before the worker starts
-        is_async = inspect.iscoroutinefunction(handler)
+        resolve = dispatcher.resolve
         isawaitable = inspect.isawaitable
+        version = dispatcher.chains_version
+        handler = self._pipeline(user_handler)
+        is_async = inspect.iscoroutinefunction(handler)
         while True:
             if not items:
                 await queue.wait()
@@ -235,7 +264,15 @@ class Subscription:
                 queue.wake_putter()
             if event is None:
                 return
+            if version != dispatcher.chains_version:  # a chain came or went
+                version = dispatcher.chains_version
+                handler = self._pipeline(user_handler)
+                is_async = inspect.iscoroutinefunction(handler)
             if skip is not None and skip(event):
+                continue
+            if type(event.payload) is PendingPayload and not resolve(event):
+                if on_handled is not None:
+                    on_handled(event)  # dropped for good: a durable cursor moves past it
                 continue
             self.delivered += 1
             if limiter.free > 0:
@@ -321,13 +358,22 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if self._closed and not self._queue.qsize():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        self.delivered += 1
-        return event
+        while True:
+            if self._closed and not self._queue.qsize():
+                raise StopAsyncIteration
+            event = await self._queue.get()
+            if event is None:
+                raise StopAsyncIteration
+            if type(event.payload) is PendingPayload and not self._dispatcher.resolve(event):
+                continue
+            self.delivered += 1
+            process = compose(self._dispatcher.chains_for(), self.filter, self.chain)
+            if process is None:
+                return event
+            out = await process(event)
+            if out is not None:
+                return out
+            self.filtered += 1
 
     async def get(self, timeout: float | None = None) -> Event:
         """Next event (iterator form), waiting up to ``timeout`` seconds."""
@@ -358,10 +404,14 @@ class Dispatcher:
         retries: int = 3,
         retry_backoff: float = 0.05,
         on_dead_letter: Callable[[Subscription, Event, BaseException, int], None] | None = None,
+        resolve: Callable[[Event], bool] | None = None,
     ) -> None:
         self._index: TopicIndex[Subscription] = TopicIndex()
         #: The subscriptions whose pattern matches a topic (the index's cached lookup).
         self.matches: Callable[[str], tuple[Subscription, ...]] = self._index.match
+        self._chains: TopicIndex[EventProcessingChain] = TopicIndex()
+        #: Bumped whenever a chain is registered or removed: workers rebuild their pipeline.
+        self.chains_version = 0
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
         #: Bounds how many handler calls run at once across all subscriptions.
@@ -369,18 +419,42 @@ class Dispatcher:
         self.retries = retries
         self.retry_backoff = retry_backoff
         self._on_dead_letter = on_dead_letter
+        #: Decodes an event's ``PendingPayload`` in place; False if it cannot be.
+        self.resolve: Callable[[Event], bool] = resolve or (lambda event: True)
         self.dead_letters = 0
         self.dispatched = 0  #: (event, subscription) deliveries queued
         self.unmatched = 0  #: events no subscription wanted
         self.handler_errors = 0
 
-    def subscribe(self, pattern: str, handler: Handler | None) -> Subscription:
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler | None,
+        *,
+        event_filter: EventFilter | None = None,
+        chain: EventProcessingChain | None = None,
+    ) -> Subscription:
         validate_pattern(pattern)
-        sub = Subscription(self, pattern, handler, self._queue_size)
+        sub = Subscription(self, pattern, handler, self._queue_size, event_filter, chain)
         self._index.add(pattern, sub)
         self._subs.add(sub)
         sub._start()
         return sub
+
+    def register_chain(self, pattern: str, chain: EventProcessingChain) -> None:
+        """Run ``chain`` on every event of a topic matching ``pattern``, for every subscription."""
+        self._chains.add(pattern, chain)
+        self.chains_version += 1
+
+    def remove_chain(self, pattern: str, chain: EventProcessingChain) -> bool:
+        removed = self._chains.remove(pattern, chain)
+        if removed:
+            self.chains_version += 1
+        return removed
+
+    def chains_for(self) -> Callable[[str], tuple[EventProcessingChain, ...]] | None:
+        """The lookup of registered chains by topic, or None while there are none."""
+        return self._chains.match if self._chains else None
 
     def dead_letter(
         self, sub: Subscription, event: Event, exc: BaseException, attempts: int

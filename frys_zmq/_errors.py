@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyClosed",
     "BadFrame",
+    "ChainError",
     "ChecksumError",
     "ConcurrencyError",
     "ConfigError",
@@ -152,6 +153,10 @@ class ChecksumError(StorageError):
 
 class ConcurrencyError(StorageError):
     """An optimistic-concurrency check failed (the stream moved on)."""
+
+
+class ChainError(FrysError, TypeError):
+    """A processing-chain step returned something other than an ``Event`` or ``None``."""
 
 
 class QueueFull(FrysError):

@@ -12,12 +12,33 @@ import msgspec
 
 from ._errors import FrysError, RequestTimeout
 
-__all__ = ["EMPTY_METADATA", "Event", "Reply", "Request"]
+__all__ = ["EMPTY_METADATA", "Event", "PendingPayload", "Reply", "Request"]
 
 T = TypeVar("T")
 
 #: Metadata of an event that has none: shared, so read-only.
 EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+class PendingPayload:
+    """A remote payload not decoded yet: what ``Event.payload`` holds until a worker needs it.
+
+    Queued events keep their payload as bytes, so a backlog costs the garbage collector
+    nothing; the first subscription worker to take the event decodes it, in place, for all.
+    Internal: handlers, filters and chains never see one. ``data`` is None for a payload
+    that failed to decode.
+    """
+
+    __slots__ = ("data", "flags")
+
+    def __init__(self, data: bytes | None, flags: int) -> None:
+        self.data = data
+        self.flags = flags
+
+    def __repr__(self) -> str:
+        if self.data is None:
+            return "<undecodable payload>"
+        return f"<payload of {len(self.data)} bytes, not decoded yet>"
 
 
 class Event(msgspec.Struct, gc=False):

@@ -132,31 +132,52 @@ class Complex(Workload):
         payload["ts"] = time.time_ns()
         return payload, self._metas[i % len(self._metas)]
 
-    def handle(self, payload: Any, metadata: Any) -> int:
-        n: int = payload["n"]
-        # The filter: only European and American orders of priority 3 and up.
-        if metadata.get("region") not in ("eu", "us") or metadata.get("priority", 0) < 3:
-            return n
-        # Step 1, validate.
-        order = payload["order"]
-        items = order["items"]
+    # The subscriber's work, as steps that both sides run: the baseline calls them in a
+    # row, frys runs them as a MetadataFilter and an EventProcessingChain (see _frys_roles).
+
+    @staticmethod
+    def wanted(metadata: Any) -> bool:
+        """The filter: only European and American orders of priority 3 and up."""
+        return metadata.get("region") in ("eu", "us") and metadata.get("priority", 0) >= 3
+
+    @staticmethod
+    def validate(payload: Any) -> None:
+        """Step 1: every line has a positive quantity and a price."""
+        items = payload["order"]["items"]
         if not items or any(item["qty"] <= 0 or item["price"] < 0 for item in items):
-            raise ValueError(f"bad order {order['id']}")
-        # Step 2, enrich.
-        subtotal = sum(item["qty"] * item["price"] for item in items)
-        tax = round(subtotal * 0.2, 2)
-        # Step 3, transform.
-        summary = {
+            raise ValueError(f"bad order {payload['order']['id']}")
+
+    @staticmethod
+    def enrich(payload: Any) -> dict[str, float]:
+        """Step 2: totals."""
+        subtotal = sum(item["qty"] * item["price"] for item in payload["order"]["items"])
+        return {"subtotal": subtotal, "tax": round(subtotal * 0.2, 2)}
+
+    @staticmethod
+    def transform(payload: Any, metadata: Any, totals: dict[str, float]) -> dict[str, Any]:
+        """Step 3: the summary a downstream service wants."""
+        order = payload["order"]
+        return {
             "order_id": order["id"],
             "customer": order["customer"]["id"],
             "tier": order["customer"]["tier"],
             "country": order["customer"]["address"]["country"],
-            "lines": len(items),
-            "total": round(subtotal + tax, 2),
+            "lines": len(order["items"]),
+            "total": round(totals["subtotal"] + totals["tax"], 2),
             "region": metadata["region"],
         }
+
+    def done(self, summary: dict[str, Any]) -> None:
         self.passed += 1
         self.checksum += float(summary["total"])
+
+    def handle(self, payload: Any, metadata: Any) -> int:
+        n: int = payload["n"]
+        if not self.wanted(metadata):
+            return n
+        self.validate(payload)
+        totals = self.enrich(payload)
+        self.done(self.transform(payload, metadata, totals))
         return n
 
 

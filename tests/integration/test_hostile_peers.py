@@ -13,7 +13,7 @@ import zmq
 import zmq.asyncio
 
 import frys_zmq as frys
-from frys_zmq._wire import Kind, encode_header, pack_control, topic_frame
+from frys_zmq._wire import Kind, encode_header, pack_batch, pack_control, topic_frame
 from frys_zmq.testing import NodeProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -157,13 +157,18 @@ async def test_garbage_on_a_peer_event_stream_is_counted_and_good_events_still_f
             await fake_pub.send_multipart(event(1, bomb(), flags=1))
             await fake_pub.send_multipart(event(2, b"\xc1"))
             await fake_pub.send_multipart(event(3, msgpack.packb({"ok": True})))
+            # A BATCH whose middle payload does not decode: its neighbours still arrive.
+            entries = [event(4, msgpack.packb(4)), event(5, b"\xc1"), event(6, msgpack.packb(6))]
+            batch = encode_header(Kind.BATCH, "evil", inc, 4, time.time_ns())
+            body = pack_batch([part for _, h, p in entries for part in (h, p)])
+            await fake_pub.send_multipart([topic_frame("evil.stuff"), batch, body])
             async with asyncio.timeout(10):
-                while not got:
+                while len(got) < 3:
                     await asyncio.sleep(0.01)
-            assert [e.payload for e in got] == [{"ok": True}]
+            assert [e.payload for e in got] == [{"ok": True}, 4, 6]
             m = victim.get_metrics()
-            assert m["decode_errors"] == 2
-            assert m["bad_messages"] >= 9
+            assert m["decode_errors"] == 3
+            assert m["bad_messages"] >= 10
     finally:
         fake_router.close()
         fake_pub.close()
