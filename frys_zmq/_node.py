@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -27,8 +27,8 @@ from ._discovery import Announcement, MdnsDiscovery, _primary_address
 from ._errors import DecodeError, FrysError, StorageError, TransportError
 from ._log import LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState, PeerTable
-from ._reader import SocketReader
 from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
+from ._sockets import SocketReader, send_frames
 from ._wire import (
     CONTROL_TOPIC,
     HEARTBEAT_TOPIC,
@@ -402,7 +402,7 @@ class Node:
         if link is None:
             raise TransportError(f"no link to {peer.node_id}")
         corr = f"{self.incarnation:x}.{next(self._corr)}"
-        fut: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
         self._pending[corr] = fut
         self._pending_peer[corr] = peer.node_id
         header = encode_header(
@@ -415,11 +415,13 @@ class Node:
             flags,
             correlation_id=corr,
         )
+        # A timer handle rather than asyncio.timeout(): cheaper, and it fails only `fut`.
+        timer = self._loop.call_later(timeout, _expire, fut)
         try:
             self._send_link(link, topic_frame(topic), header, payload)
-            async with asyncio.timeout(timeout):
-                return await fut
+            return await fut
         finally:
+            timer.cancel()
             self._pending.pop(corr, None)
             self._pending_peer.pop(corr, None)
 
@@ -458,10 +460,10 @@ class Node:
         # A big user payload goes zero-copy; a batch we just built is copied, which is cheap
         # next to the zero-copy bookkeeping (pyzmq's garbage-collector thread) it would need.
         try:
-            self._pub.send_multipart(
+            send_frames(
+                self._pub,
                 (tframe, header, payload),
-                flags=zmq.NOBLOCK,
-                copy=len(payload) < _BIG if copy is None else copy,
+                len(payload) < _BIG if copy is None else copy,
             )
         except zmq.Again:
             # PUB never blocks; EAGAIN only with XPUB_NODROP-like setups. Count it.
@@ -469,9 +471,7 @@ class Node:
 
     def _send_link(self, link: _Link, tframe: bytes, header: bytes, payload: bytes) -> None:
         try:
-            link.socket.send_multipart(
-                (tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < _BIG
-            )
+            send_frames(link.socket, (tframe, header, payload), len(payload) < _BIG)
         except zmq.Again:
             self.stats.send_dropped += 1
             raise TransportError(f"send queue to {link.node_id or link.endpoint} is full") from None
@@ -481,9 +481,7 @@ class Node:
 
     def _reply(self, ident: bytes, tframe: bytes, header: bytes, payload: bytes) -> bool:
         try:
-            self._router.send_multipart(
-                (ident, tframe, header, payload), flags=zmq.NOBLOCK, copy=len(payload) < _BIG
-            )
+            send_frames(self._router, (ident, tframe, header, payload), len(payload) < _BIG)
             return True
         except zmq.ZMQError as exc:  # EAGAIN (full) or EHOSTUNREACH (gone)
             self.stats.send_dropped += 1
@@ -498,6 +496,21 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
+
+    def _start_eagerly(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` now, up to its first suspension; only then does it become a task.
+
+        Most request handlers finish without waiting for anything: they then cost no task,
+        no trip through the loop, and the reply leaves before the next message is read.
+        """
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            log.exception("node task %s failed", name)
+            return
+        self._spawn(_resume(coro, yielded), name)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -699,7 +712,7 @@ class Node:
     def _on_router(self, ident: bytes, topic: str, header: Header, body: list[bytes]) -> None:
         kind = header.kind
         if kind == Kind.REQUEST:
-            self._spawn(self._serve(ident, topic, header, body[2]), "request")
+            self._start_eagerly(self._serve(ident, topic, header, body[2]), "request")
         elif kind == Kind.NACK:
             self._serve_nack(ident, header, body[2])
         elif kind == Kind.HELLO:
@@ -1172,8 +1185,50 @@ async def _finish_batch(
             await more
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 async def _awaited(aw: Awaitable[None]) -> None:
     await aw
+
+
+class _Started:
+    """Awaits a coroutine that was started by hand and is suspended, having yielded ``value``.
+
+    It passes what the driving task sends or throws on to the coroutine, the way ``await``
+    would have, had the task started it.
+    """
+
+    __slots__ = ("_coro", "_value")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], value: Any) -> None:
+        self._coro = coro
+        self._value = value
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._value
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], value: Any) -> Any:
+    return await _Started(coro, value)
 
 
 def _parse_nack(body: Any) -> tuple[int, int, list[tuple[int, int]] | None]:

@@ -1,4 +1,5 @@
-"""Reading a ZeroMQ socket from the event loop in batches, without a future per message.
+"""ZeroMQ socket I/O on the event loop: batched reads without a future per message, and
+multipart sends without pyzmq's Python layer.
 
 ZeroMQ's ``ZMQ_FD`` is edge-triggered: it turns readable when the socket's state changes,
 and any send, receive or ``EVENTS`` query on that socket may consume the signal while
@@ -12,17 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
 import zmq
 
-__all__ = ["SocketReader"]
+__all__ = ["SocketReader", "send_frames"]
 
 log = logging.getLogger("frys_zmq.node")
 
 #: Handles one batch of messages; returns an awaitable when it must wait (back-pressure),
 #: and the reader then stops reading until it is done.
 BatchHandler = Callable[[list[list[bytes]]], Awaitable[None] | None]
+
+
+# pyzmq's Socket.send_multipart goes through its Python layer once per frame, and combines
+# its enum flags in Python on each call: ~7.8 us for a 3-frame message here, against ~1 us
+# for the Cython backend's send called directly with plain int flags.
+_backend_send: Callable[..., Any] = zmq.backend.Socket.send
+_MORE: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_LAST: Final = int(zmq.NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], copy: bool = True) -> None:
+    """Send ``frames`` as one message without blocking; raises ``zmq.Again`` if it cannot.
+
+    ZeroMQ takes a multipart message whole or not at all, so only the first frame can be
+    refused. ``copy=False`` hands the frames to ZeroMQ without copying (big payloads).
+    """
+    last = len(frames) - 1
+    for i in range(last):
+        _backend_send(sock, frames[i], _MORE, copy)
+    _backend_send(sock, frames[last], _LAST, copy)
 
 
 class SocketReader:
@@ -39,8 +61,13 @@ class SocketReader:
         self._blocked = False
         self._closed = False
         self._fd: int = sock.FD
-        self._loop.add_reader(self._fd, self.touch)
+        self._loop.add_reader(self._fd, self._readable)
         self.touch()  # messages may have queued before the reader existed
+
+    def _readable(self) -> None:
+        # Drain now rather than in the next loop iteration: one hop less per message.
+        if not self._blocked and not self._closed:
+            self._drain()
 
     def touch(self) -> None:
         """The socket was used (or its FD fired): look for messages soon."""
