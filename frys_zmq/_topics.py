@@ -52,7 +52,7 @@ def validate_pattern(pattern: str, *, allow_system: bool = True) -> str:
     last = len(tokens) - 1
     for position, token in enumerate(tokens):
         if token == _TAIL and position != last:
-            raise InvalidTopic(pattern, "'>' may only be the last token")
+            raise _invalid(pattern, "pattern", "'>' may only be the last token")
         if token not in (_ONE, _TAIL):
             _check_literal(pattern, token, "pattern")
     return pattern
@@ -263,16 +263,18 @@ class _Node(Generic[T]):
 def _tokens(text: str, kind: str, allow_system: bool) -> list[str]:
     """Check what topics and patterns share, and split ``text`` into its tokens."""
     if not isinstance(text, str):
-        raise InvalidTopic(text, f"{kind} must be a str, not {type(text).__name__}")
+        raise _invalid(text, kind, f"{kind} must be a str, not {type(text).__name__}")
     if not text:
-        raise InvalidTopic(text, f"{kind} is empty")
+        raise _invalid(text, kind, f"{kind} is empty")
     try:
         size = len(text.encode())
     except UnicodeEncodeError as exc:
-        raise InvalidTopic(text, f"{kind} is not valid UTF-8 (it holds a lone surrogate)") from exc
+        raise _invalid(
+            text, kind, f"{kind} is not valid UTF-8 (it holds a lone surrogate)"
+        ) from exc
     if size > MAX_TOPIC_BYTES:
-        raise InvalidTopic(
-            text, f"{kind} is {size} bytes of UTF-8, over the limit of {MAX_TOPIC_BYTES}"
+        raise _invalid(
+            text, kind, f"{kind} is {size} bytes of UTF-8, over the limit of {MAX_TOPIC_BYTES}"
         )
     tokens = text.split(".")
     if not all(tokens):
@@ -282,9 +284,9 @@ def _tokens(text: str, kind: str, allow_system: bool) -> list[str]:
             reason = f"{kind} ends with '.'"
         else:
             reason = f"{kind} has an empty token ('..')"
-        raise InvalidTopic(text, reason)
+        raise _invalid(text, kind, reason)
     if tokens[0] == _SYSTEM_TOKEN and not allow_system:
-        raise InvalidTopic(text, f"{SYSTEM_PREFIX!r} topics are reserved for the system")
+        raise _invalid(text, kind, f"{SYSTEM_PREFIX!r} topics are reserved for the system")
     return tokens
 
 
@@ -302,4 +304,13 @@ def _check_literal(text: str, token: str, kind: str) -> None:
         reason = f"a topic cannot hold wildcards, found {char!r} in token {token!r}"
     else:
         reason = f"wildcard {char!r} must be a whole token, not part of {token!r}"
-    raise InvalidTopic(text, reason)
+    raise _invalid(text, kind, reason)
+
+
+def _invalid(text: object, kind: str, reason: str) -> InvalidTopic:
+    """The error for an invalid topic or pattern; its message says which of the two it was."""
+    exc = InvalidTopic(text, reason)
+    if kind == "pattern":
+        # The fields stay those of InvalidTopic; only the message names the right thing.
+        exc.args = (f"invalid pattern {text!r}: {reason}",)
+    return exc

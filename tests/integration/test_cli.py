@@ -420,7 +420,7 @@ async def test_bad_arguments_exit_2_with_usage(args):
         (["pub", "orders.*", "1"], "invalid topic 'orders.*'"),
         (["sub", "a.>.b"], "'>' may only be the last token"),
         (["request", "a..b"], "invalid topic 'a..b'"),
-        (["node", "--subscribe", "x.>", "--serve", "$frys.hb"], "invalid topic '$frys.hb'"),
+        (["node", "--subscribe", "x.>", "--serve", "$frys.hb"], "invalid pattern '$frys.hb'"),
         (["discover", "--interface", "10.0.0.300"], "--interface must be an IPv4 address"),
         (["discover", "--cluster", "no spaces"], "cluster must be 1-31 letters"),
         (["demo", "--input", "/nonexistent/frys.log"], "cannot read /nonexistent/frys.log"),

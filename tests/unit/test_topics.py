@@ -255,6 +255,20 @@ def test_invalid_patterns_raise_with_a_readable_reason(pattern: str, reason: str
     assert reason in caught.value.reason
 
 
+@pytest.mark.parametrize("pattern", ["a.>.b", "", "a*", "a..*", "$frys.>"])
+def test_an_invalid_pattern_is_called_a_pattern_in_the_message(pattern: str) -> None:
+    with pytest.raises(InvalidTopic) as caught:
+        validate_pattern(pattern, allow_system=False)
+    assert str(caught.value).startswith(f"invalid pattern {pattern!r}: ")
+    assert caught.value.topic == pattern
+    assert caught.value.reason in str(caught.value)
+
+
+def test_an_invalid_topic_is_still_called_a_topic_in_the_message() -> None:
+    with pytest.raises(InvalidTopic, match=r"^invalid topic 'a\.\*': "):
+        validate_topic("a.*")
+
+
 def test_system_patterns_are_rejected_only_when_the_caller_forbids_them() -> None:
     assert validate_pattern("$frys.>") == "$frys.>"
     with pytest.raises(InvalidTopic, match="reserved for the system"):
