@@ -19,9 +19,17 @@ from . import _timing
 from ._errors import ConfigError
 from ._limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["DeliveryMode", "DiscoveryStrategy", "EventBusConfig", "validate_name"]
+__all__ = [
+    "DeliveryMode",
+    "DiscoveryStrategy",
+    "EventBusConfig",
+    "validate_endpoint",
+    "validate_name",
+]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,31}")
+_ENDPOINT_RE = re.compile(r"tcp://(?P<host>[^:/\s]+):(?P<port>[0-9]{1,5})")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ENV_PREFIX = "FRYS_"
 
 
@@ -46,6 +54,33 @@ def validate_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ConfigError(f"{what} must be 1-31 letters, digits, '-' or '_', got {value!r}")
     return value
+
+
+def validate_endpoint(value: object, what: str = "endpoint") -> str:
+    """Return ``value`` if it is ``tcp://HOST:PORT``, else raise ConfigError.
+
+    HOST is an IPv4 address or a host name, PORT 1-65535: what a peer's ROUTER endpoint
+    (``cluster_peers``, ``EventBus.connect``) must look like.
+    """
+    expected = "tcp://HOST:PORT (HOST an IPv4 address or a host name, PORT 1-65535)"
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a string {expected}, got {value!r}")
+    match = _ENDPOINT_RE.fullmatch(value)
+    if match is None or not 1 <= int(match["port"]) <= 65535 or not _is_host(match["host"]):
+        raise ConfigError(f"{what} must be {expected}, got {value!r}")
+    return value
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4 address in dotted decimal, or a host name of RFC 1123 labels."""
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):  # looks like an address: must be one
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in labels)
 
 
 def default_node_id() -> str:
@@ -153,14 +188,9 @@ class EventBusConfig:
         if not isinstance(self.compression_threshold, int) or self.compression_threshold < 0:
             raise ConfigError("compression_threshold must be an int >= 0")
         # Enums accept their string values too, which is what env and TOML give.
-        try:
-            object.__setattr__(
-                self, "discovery_strategy", DiscoveryStrategy(self.discovery_strategy)
-            )
-            object.__setattr__(self, "delivery", DeliveryMode(self.delivery))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        object.__setattr__(self, "cluster_peers", tuple(self.cluster_peers))
+        for name, kind in _ENUM_FIELDS.items():
+            object.__setattr__(self, name, _enum_value(name, kind, getattr(self, name)))
+        object.__setattr__(self, "cluster_peers", _endpoints(self.cluster_peers))
 
     @property
     def node_dir(self) -> Path:
@@ -210,6 +240,32 @@ class EventBusConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+_ENUM_FIELDS: dict[str, type[enum.StrEnum]] = {
+    "discovery_strategy": DiscoveryStrategy,
+    "delivery": DeliveryMode,
+}
+
+
+def _enum_value(name: str, kind: type[enum.StrEnum], value: object) -> enum.StrEnum:
+    """``value`` as a member of ``kind`` (its string value will do), else a ConfigError."""
+    try:
+        return kind(value)  # type: ignore[arg-type]  # any value: the enum says if it is one
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def _endpoints(value: object) -> tuple[str, ...]:
+    """``cluster_peers`` as a tuple of valid endpoints; a string is a comma-separated list."""
+    if isinstance(value, str):
+        value = [p.strip() for p in value.split(",") if p.strip()]
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(f"cluster_peers must be a list of endpoints, got {value!r}")
+    return tuple(
+        validate_endpoint(endpoint, f"cluster_peers[{i}]") for i, endpoint in enumerate(value)
+    )
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

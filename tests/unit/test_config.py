@@ -16,6 +16,7 @@ from frys_zmq._config import (
     DiscoveryStrategy,
     EventBusConfig,
     default_node_id,
+    validate_endpoint,
     validate_name,
 )
 from frys_zmq._errors import ConfigError, FrysError
@@ -181,9 +182,88 @@ def test_enum_settings_accept_their_string_values() -> None:
     assert config.delivery is DeliveryMode.FAST
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("delivery", "slow", "'reliable', 'fast'"),
+        ("delivery", 3, "'reliable', 'fast'"),
+        ("discovery_strategy", "carrier-pigeon", "'mdns', 'static', 'mdns+static', 'none'"),
+    ],
+)
+def test_a_bad_enum_setting_names_the_field_and_the_allowed_values(
+    field: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EventBusConfig(**{field: value})
+    assert str(caught.value) == f"{field} must be one of {allowed}, got {value!r}"
+
+
 def test_cluster_peers_become_a_tuple() -> None:
     config = EventBusConfig(cluster_peers=["tcp://a:1", "tcp://b:2"])  # type: ignore[arg-type]
     assert config.cluster_peers == ("tcp://a:1", "tcp://b:2")
+
+
+def test_a_cluster_peers_string_is_read_as_a_comma_list() -> None:
+    config = EventBusConfig(cluster_peers="tcp://a:1, tcp://b:2")  # type: ignore[arg-type]
+    assert config.cluster_peers == ("tcp://a:1", "tcp://b:2")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://127.0.0.1:5555",
+        "tcp://10.1.2.3:1",
+        "tcp://localhost:65535",
+        "tcp://node-1.example.org:7000",
+        "tcp://A1:80",
+    ],
+)
+def test_tcp_endpoints_with_an_ipv4_address_or_a_host_name_are_valid(endpoint: str) -> None:
+    assert validate_endpoint(endpoint) == endpoint
+    assert EventBusConfig(cluster_peers=(endpoint,)).cluster_peers == (endpoint,)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "garbage",
+        "tcp://a b:1",
+        12345,
+        None,
+        "",
+        "tcp://a",
+        "tcp://a:",
+        "tcp://a:0",
+        "tcp://a:65536",
+        "tcp://a:http",
+        "tcp://:5555",
+        "tcp://*:5555",
+        "tcp://256.0.0.1:5555",
+        "tcp://1.2.3:5555",
+        "tcp://-a:1",
+        "tcp://a..b:1",
+        "tcp://[::1]:5555",
+        "udp://a:1",
+        "ipc:///tmp/frys",
+        "tcp://a:1/path",
+        " tcp://a:1",
+    ],
+)
+def test_anything_but_tcp_host_port_is_not_an_endpoint(endpoint: object) -> None:
+    with pytest.raises(ConfigError, match=r"endpoint must be .*tcp://HOST:PORT"):
+        validate_endpoint(endpoint)
+    with pytest.raises(ConfigError, match=r"cluster_peers\[1\] must be .*got "):
+        EventBusConfig(cluster_peers=("tcp://ok:1", endpoint))  # type: ignore[arg-type]
+
+
+def test_cluster_peers_that_are_not_a_list_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cluster_peers must be a list of endpoints, got 5"):
+        EventBusConfig(cluster_peers=5)  # type: ignore[arg-type]
+
+
+def test_a_bad_cluster_peers_variable_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"cluster_peers\[0\] must be .*got 'garbage'"):
+        EventBusConfig.load(env={"FRYS_CLUSTER_PEERS": "garbage"})
 
 
 def test_replace_returns_a_validated_copy() -> None:
