@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NODE=PATTERN",
-        help="replace node NODE's default subscriptions (repeatable)",
+        help="replace the default subscriptions of node NODE, given as its index or its "
+        "name in the summary (0 or demo-0); repeatable",
     )
     p.add_argument(
         "--rate",

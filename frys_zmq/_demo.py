@@ -35,6 +35,8 @@ CHUNK = 500
 QUIT_GRACE = 3.0
 #: Seconds between progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_INTERVAL = 2.0
+#: Node ids are this prefix and the node's index (``demo-0``, ``demo-1``...).
+NODE_PREFIX = "demo-"
 
 
 class DemoError(FrysError):
@@ -86,7 +88,10 @@ def make_plan(opts: DemoOptions) -> _Plan:
     patterns = default_patterns(opts.nodes, topics)
     for index, override in opts.subscribe.items():
         if not 0 <= index < opts.nodes:
-            raise ConfigError(f"--subscribe names node {index}, but there are {opts.nodes}")
+            raise ConfigError(
+                f"--subscribe names node {index} ({NODE_PREFIX}{index}), but there are only "
+                f"{opts.nodes}: {NODE_PREFIX}0..{NODE_PREFIX}{opts.nodes - 1}"
+            )
         for pattern in override:
             validate_pattern(pattern, allow_system=False)
         patterns[index] = list(override)
@@ -258,7 +263,7 @@ async def run_demo(opts: DemoOptions, *, progress: TextIO | None = None) -> dict
     validate_name(cluster, "cluster")
     show = _Progress(progress if opts.progress else None)
     changed = asyncio.Event()
-    agents = [_Agent(i, f"demo-{i}", changed) for i in range(opts.nodes)]
+    agents = [_Agent(i, f"{NODE_PREFIX}{i}", changed) for i in range(opts.nodes)]
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     try:
@@ -544,11 +549,26 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def parse_subscribe_overrides(items: list[str]) -> dict[int, list[str]]:
-    """``["1=dpkg.>", "1=x.*", "2=>"]`` -> ``{1: ["dpkg.>", "x.*"], 2: [">"]}``."""
+    """``["1=dpkg.>", "demo-1=x.*", "2=>"]`` -> ``{1: ["dpkg.>", "x.*"], 2: [">"]}``.
+
+    NODE is a node's index or its name in the summary (``demo-<index>``).
+    """
     out: dict[int, list[str]] = {}
     for item in items:
-        index, sep, pattern = item.partition("=")
-        if not sep or not index.strip().isdigit() or not pattern:
-            raise ConfigError(f"--subscribe takes NODE=PATTERN, got {item!r}")
-        out.setdefault(int(index), []).append(pattern)
+        node, sep, pattern = item.partition("=")
+        index = _node_index(node.strip())
+        if not sep or index is None or not pattern:
+            raise ConfigError(
+                f"--subscribe takes NODE=PATTERN, NODE a node's index or name "
+                f"(0 or demo-0), got {item!r}"
+            )
+        out.setdefault(index, []).append(pattern)
     return out
+
+
+def _node_index(node: str) -> int | None:
+    """The index that ``node`` (``"1"`` or ``"demo-1"``) names, or None."""
+    digits = node.removeprefix(NODE_PREFIX)
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    return int(digits)

@@ -327,7 +327,8 @@ async def test_demo_replays_a_json_lines_file_and_counts_by_pattern(tmp_path: Pa
             f.write("\n")
     result = await cli(
         *("demo", "--input", str(path), "--nodes", "4", "--publishers", "2", "--json"),
-        *("--subscribe", "3=shop.*", "--subscribe", "3=*.order.>"),
+        # Node 3 by its index and by its name in the summary.
+        *("--subscribe", "3=shop.*", "--subscribe", "demo-3=*.order.>"),
         limit_s=100,
     )
     assert result.rc == 0, result.err
@@ -425,6 +426,8 @@ async def test_bad_arguments_exit_2_with_usage(args):
         (["discover", "--cluster", "no spaces"], "cluster must be 1-31 letters"),
         (["demo", "--input", "/nonexistent/frys.log"], "cannot read /nonexistent/frys.log"),
         (["demo", "--subscribe", "7=a.b"], "--subscribe names node 7"),
+        (["demo", "--subscribe", "demo-7=a.b"], "names node 7 (demo-7), but there are only 3"),
+        (["demo", "--subscribe", "node-0=a.b"], "NODE a node's index or name (0 or demo-0)"),
     ],
 )
 async def test_invalid_input_is_a_one_line_error_with_exit_2(args, message):

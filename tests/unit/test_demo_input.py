@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from frys_zmq import ConfigError, pattern_matches, validate_topic
+from frys_zmq._demo import DemoOptions, make_plan, parse_subscribe_overrides
 from frys_zmq._demo_input import default_patterns, load_input, parse_dpkg_line, synthetic_dpkg
 
 
@@ -150,3 +151,31 @@ def test_a_dpkg_log_is_read_by_default_when_present(monkeypatch, tmp_path: Path)
     data = load_input(None)
     assert (data.kind, data.source, data.lines) == ("dpkg", str(log), 2)
     assert [t for t, _, _ in data.events] == ["dpkg.startup", "dpkg.install"]
+
+
+# ---------------------------------------------------------------------- --subscribe NODE=PATTERN
+
+
+def test_subscribe_overrides_name_a_node_by_its_index_or_its_summary_name():
+    overrides = parse_subscribe_overrides(
+        ["0=dpkg.status.>", "demo-0=dpkg.install", "demo-12=>", "1=a.*"]
+    )
+    assert overrides == {0: ["dpkg.status.>", "dpkg.install"], 12: [">"], 1: ["a.*"]}
+
+
+@pytest.mark.parametrize("item", ["dpkg.>", "=dpkg.>", "x=dpkg.>", "demo-=a", "demo-1", "node-1=a"])
+def test_a_malformed_subscribe_override_says_how_to_name_the_node(item: str):
+    with pytest.raises(ConfigError) as caught:
+        parse_subscribe_overrides([item])
+    message = str(caught.value)
+    assert "--subscribe takes NODE=PATTERN" in message
+    assert "0 or demo-0" in message
+    assert repr(item) in message
+
+
+def test_a_subscribe_override_for_a_node_that_does_not_exist_lists_the_nodes(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"topic": "a.b", "payload": 1}) + "\n")
+    opts = DemoOptions(nodes=3, input=str(path), subscribe=parse_subscribe_overrides(["demo-3=a"]))
+    with pytest.raises(ConfigError, match=r"names node 3 \(demo-3\).* demo-0\.\.demo-2"):
+        make_plan(opts)
