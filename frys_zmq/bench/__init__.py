@@ -35,6 +35,8 @@ import tempfile
 import time
 from typing import Any
 
+from .._config import validate_name
+from .._errors import ConfigError
 from . import _frys_roles, _log_roles, _raw_roles
 from ._child import BenchError, Progress, Role, child_main
 from ._constants import HEARTBEAT, LOOPBACK
@@ -80,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="run every child under cProfile and write <role>-<pid>.prof files into DIR",
     )
+    # The flags every frys-zmq command takes, so scripts can pass them everywhere.
+    parser.add_argument(
+        "--interface",
+        metavar="ADDR",
+        help=f"accepted for symmetry with the other commands; only {LOOPBACK} is allowed, "
+        "since the bench always runs on loopback",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="accepted for symmetry with the other commands; the bench makes its own cluster names",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
@@ -87,14 +101,27 @@ def main(argv: list[str] | None = None) -> int:
     if ns.role is not None:
         return child_main(ns.role, json.loads(ns.params), _ROLES)
 
+    if ns.interface is not None and ns.interface != LOOPBACK:
+        parser.error(
+            f"--interface: the bench always runs on {LOOPBACK}, so that is the only "
+            f"allowed value, got {ns.interface!r}"
+        )
+    if ns.cluster is not None:
+        try:
+            validate_name(ns.cluster, "--cluster")
+        except ConfigError as exc:
+            parser.error(str(exc))
     groups = list(GROUPS)
     if ns.only:
         groups = [g.strip() for g in ns.only.split(",") if g.strip()]
         unknown = [g for g in groups if g not in GROUPS]
+        if not groups:
+            parser.error(f"--only needs at least one scenario group ({', '.join(GROUPS)})")
         if unknown:
-            parser.print_usage(sys.stderr)
-            print(f"unknown scenario group(s): {', '.join(unknown)}", file=sys.stderr)
-            return 2
+            parser.error(
+                f"--only: unknown scenario group(s): {', '.join(unknown)} "
+                f"(choose from {', '.join(GROUPS)})"
+            )
     profile_dir = os.path.abspath(ns.profile_dir) if ns.profile_dir else None
     if profile_dir:
         os.makedirs(profile_dir, exist_ok=True)

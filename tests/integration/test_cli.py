@@ -435,3 +435,26 @@ async def test_invalid_input_is_a_one_line_error_with_exit_2(args, message):
     assert result.rc == 2, result.err
     assert message in one_line_error(result)
     assert result.out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "nope"], "--only: unknown scenario group(s): nope (choose from simple,"),
+        (["--only", ","], "--only needs at least one scenario group"),
+        (["--interface", "10.0.0.1"], "the bench always runs on 127.0.0.1"),
+        (["--interface", "all"], "the bench always runs on 127.0.0.1"),
+        (["--cluster", "no spaces"], "--cluster must be 1-31 letters"),
+        # The flags every command takes are accepted: the error is the one about --only.
+        (["--interface", "127.0.0.1", "--cluster", "mine", "--only", "x"], "group(s): x"),
+    ],
+)
+async def test_bench_usage_errors_are_argparse_errors_with_exit_2(args, message):
+    result = await cli("bench", *args, limit_s=30)
+    assert result.rc == 2, result.err
+    assert "Traceback" not in result.err
+    assert "usage: frys-zmq bench" in result.err
+    error = result.err.strip().splitlines()[-1]
+    assert error.startswith("frys-zmq bench: error: ")
+    assert message in error
+    assert result.out == ""
