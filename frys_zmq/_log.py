@@ -1,9 +1,11 @@
 """The node's durable log: append-only segment files, checksummed frames, group-committed fsync.
 
 On-disk format (version 1). A log is a directory of segment files named by the first sequence
-number written to them, zero-padded to 20 digits (``00000000000000000001.seg``), so that name
-order is seq order. Each segment starts with the 8-byte header ``b"FRYSLOG1"`` followed by frames,
-all integers little-endian::
+number written to them, zero-padded to 20 digits (``00000000000000000001.seg``); if that name is
+held by a file that is not part of the log, or is not above the newest segment's name, the next
+free number above is used instead. Recovery trusts only the seqs inside, never the names. Each
+segment starts with the 8-byte header ``b"FRYSLOG1"`` followed by frames, all integers
+little-endian::
 
     frame  = body_len:u32  crc32(body):u32  body
     body   = magic:u16(0xF5C1)  flags:u8  seq:u64  timestamp_ns:i64
@@ -17,11 +19,27 @@ The magic lets recovery resynchronise after a garbage length field by searching 
 byte ``0xC1`` never occurs in MessagePack, so headers rarely contain it). Compression is tried
 only for bodies of at least ``compress_min_bytes`` and kept only when it shrinks the data.
 
-Recovery on open verifies every frame. A bad frame at the very end of the last segment is a torn
-write from a crash: it is truncated away (logged, ``truncated_bytes``). A bad frame followed by
-valid frames is corruption: it is logged, counted in ``corrupt_records`` and skipped; reading
-resumes at the next frame that carries the magic, a plausible length, a later seq and a matching
-checksum. A bad region at the end of an older segment is reported the same way and left on disk.
+Recovery on open scans every file named ``<1 to 20 ASCII digits>.seg`` on its own, verifying
+every frame, and orders the segments by the seqs found inside them: names are only a tie-break,
+so a stray or copied file cannot reorder the log. No single damaged or foreign file makes the log
+unopenable:
+
+* Left out of the log, logged and counted in ``skipped_files``: anything that is not a regular
+  file, a file that cannot be read, a file without a single intact frame (foreign, or wholly
+  corrupt), a file whose seqs are all covered by segments ordered before it (a copy), and a blank
+  file (empty, a header cut short, or zeroes where pages never reached the disk). Such files are
+  never written, truncated or deleted; the one exception is that a blank file is reused when a
+  new segment needs exactly its name, as after a crash while a segment was being created.
+* A damaged header does not cost the records behind it: the frames carry their own magic and
+  checksum, so they are read and the header is counted in ``corrupt_records``; the file is never
+  appended to.
+* A bad frame followed by valid frames is corruption: it is logged, counted in
+  ``corrupt_records`` and skipped; reading resumes at the next frame that carries the magic, a
+  plausible length, a later seq and a matching checksum. A bad region at the end of any segment
+  but the newest is reported the same way and left on disk.
+* Only the segment holding the newest record is appended to, and only if its header is intact.
+  A bad region at its end, with nothing valid after it, is a torn write from a crash: it is
+  truncated away (logged, ``truncated_bytes``). Otherwise new records go to a new segment.
 """
 
 from __future__ import annotations
@@ -32,6 +50,8 @@ import enum
 import logging
 import mmap
 import os
+import re
+import stat
 import struct
 import threading
 import time
@@ -125,6 +145,8 @@ class SegmentLog:
         self.corrupt_records = 0
         #: Bytes of torn tail cut off the last segment when the log was opened.
         self.truncated_bytes = 0
+        #: Files named like segments that recovery left out of the log (and never touches).
+        self.skipped_files = 0
         #: Completed ``sync``/``sync_flushed`` calls (each is one group commit).
         self.fsync_count = 0
 
@@ -144,6 +166,12 @@ class SegmentLog:
         self._closed = False
         self._topics_out: dict[str, bytes] = {}
         self._topics_in: dict[bytes, str] = {}
+        #: Blank files recovery found (name -> identity), reusable when a new segment needs
+        #: exactly that name.
+        self._blank: dict[str, tuple[int, ...]] = {}
+        #: Lowest number a new segment may be named; past the newest segment's name, which
+        #: can exceed its first seq when a foreign file held that name.
+        self._next_name = 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._recover()
@@ -385,18 +413,9 @@ class SegmentLog:
         return topic_b
 
     def _rotate(self, first_seq: int) -> _Segment:
-        """Start a new segment named after the record about to be appended."""
+        """Start a new segment for the record about to be appended."""
         self.flush()
-        path = self.directory / f"{first_seq:020d}{_SUFFIX}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, _SEGMENT_HEADER)
-            except OSError:
-                os.close(fd)
-                raise
-        except OSError as exc:
-            raise StorageError(f"cannot create segment {path}: {exc}") from exc
+        fd, path = self._create_segment(first_seq)
         seg = _Segment(path)
         seg.size = _SEGMENT_HEADER_SIZE
         with self._lock:
@@ -411,65 +430,164 @@ class SegmentLog:
         self._idx_offset = _SEGMENT_HEADER_SIZE
         return seg
 
+    def _create_segment(self, first_seq: int) -> tuple[int, Path]:
+        """Create a segment file named after ``first_seq``, or the next number nobody holds.
+
+        A name can be taken by a file that is not part of the log (a directory, a foreign or
+        damaged file); writing into it could destroy someone's data, so it is passed over, and
+        so are the names below the one taken last. Recovery orders segments by the seqs
+        inside, so a name only has to be unused.
+        """
+        start = max(first_seq, self._next_name)
+        for number in range(start, start + _NAME_ATTEMPTS):
+            path = self.directory / _segment_name(number)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:
+                reused = self._reuse_blank(path)
+                if reused is None:
+                    logger.warning(
+                        "log segment name %s is taken by a file outside the log; using the next",
+                        path.name,
+                    )
+                    continue
+                fd = reused
+            except OSError as exc:
+                raise StorageError(f"cannot create segment {path}: {exc}") from exc
+            try:
+                os.write(fd, _SEGMENT_HEADER)
+            except OSError as exc:
+                os.close(fd)
+                # An empty file left here would take the name from the retry.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise StorageError(f"cannot create segment {path}: {exc}") from exc
+            self._next_name = number + 1
+            return fd, path
+        raise StorageError(
+            f"cannot create a segment for seq {first_seq}: the next {_NAME_ATTEMPTS} segment "
+            f"names in {self.directory} are all taken"
+        )
+
+    def _reuse_blank(self, path: Path) -> int | None:
+        """Open ``path`` emptied for writing if recovery found it blank and it is unchanged."""
+        key = self._blank.get(path.name)
+        if key is None:
+            return None
+        try:
+            # O_NONBLOCK: should the file have been replaced by a FIFO, fail instead of hanging.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            if _file_key(os.fstat(fd)) != key:
+                os.close(fd)
+                return None
+            os.ftruncate(fd, 0)
+        except OSError:
+            os.close(fd)
+            return None
+        del self._blank[path.name]
+        logger.info("log segment %s held no data; reusing it", path.name)
+        return fd
+
     # -- recovery -----------------------------------------------------------------------
 
     def _recover(self) -> None:
-        names = []
-        for path in self.directory.iterdir():
-            stem = path.name.removesuffix(_SUFFIX)
-            if path.name.endswith(_SUFFIX) and stem.isdigit():
-                names.append((int(stem), path))
-        names.sort()
-        segments = [_Segment(path) for _, path in names]
-        for i, seg in enumerate(segments):
-            self._scan(seg, last=i == len(segments) - 1)
-        self._segments = segments
-        if segments:
-            active = segments[-1]
-            self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
-            self._active = active
-
-    def _scan(self, seg: _Segment, *, last: bool) -> None:
-        """Verify every frame of ``seg``, build its index, truncate a torn tail if ``last``."""
-        with open(seg.path, "r+b" if last else "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = os.pread(f.fileno(), _SEGMENT_HEADER_SIZE, 0)
-            if head != _SEGMENT_HEADER:
-                if not _is_torn_header(f.fileno(), head, size):
-                    raise StorageError(f"{seg.path} is not a version 1 frys_zmq log segment")
-                seg.size = _SEGMENT_HEADER_SIZE
-                if not last:
-                    self._report_corrupt(seg, 0, size)
-                    return
-                # A crash while the segment was being created: start it afresh.
-                logger.warning("log segment %s has a torn header; reinitialising it", seg.path)
-                f.truncate(0)
-                f.write(_SEGMENT_HEADER)
-                f.flush()
-                os.fsync(f.fileno())
-                self.truncated_bytes += size
-                self._idx_offset = _SEGMENT_HEADER_SIZE
-                return
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-                end = self._scan_frames(seg, mm, size, last=last)
-            if end < size:
-                # Only reached for the last segment: nothing valid follows ``end``.
+        """Scan every file named like a segment, order them by content, pick the active one."""
+        candidates: list[_Scan] = []
+        for path in sorted(self.directory.iterdir()):
+            if _SEGMENT_NAME.fullmatch(path.name) is None:
+                continue
+            scan = _Scan(path)
+            try:
+                self._scan(scan)
+            except (OSError, ValueError) as exc:
+                # ValueError: mmap refuses some special files. An unreadable file may hold the
+                # newest records, so this is an error, but the rest of the log stays readable.
+                self._skip(scan, f"it cannot be read ({exc})", level=logging.ERROR)
+                continue
+            if scan.blank:
+                self._blank[path.name] = scan.key
+                self._skip(scan, "it holds no data")
+            elif scan.seg.count == 0:
+                self._skip(scan, scan.reason or "it holds no intact record")
+            else:
+                candidates.append(scan)
+        # Order by the seqs inside: names can lie (a stray or copied file, an older version's
+        # naming). For equal ranges keep the file whose name matches its first seq.
+        candidates.sort(
+            key=lambda s: (
+                s.seg.first_seq,
+                -(s.seg.last_seq or 0),
+                s.number != s.seg.first_seq,
+                s.seg.path.name,
+            )
+        )
+        chosen: list[_Scan] = []
+        last = 0
+        for scan in candidates:
+            # Both are set: every candidate holds at least one record.
+            first, newest = scan.seg.first_seq or 0, scan.seg.last_seq or 0
+            if newest <= last:
+                self._skip(scan, f"its seqs {first}..{newest} are all in other segments")
+                continue
+            if first <= last:
                 logger.warning(
-                    "log segment %s: truncating a torn tail of %d bytes at offset %d",
-                    seg.path,
-                    size - end,
-                    end,
+                    "log segment %s (seqs %d..%d) overlaps an earlier one up to seq %d; "
+                    "those seqs are read from the earlier segment",
+                    scan.path,
+                    first,
+                    newest,
+                    last,
                 )
-                self.truncated_bytes += size - end
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-            seg.size = end
+            chosen.append(scan)
+            last = newest
+        if chosen:
+            self._next_name = chosen[-1].number + 1
+            self._open_active(chosen[-1])
+        for scan in chosen:
+            if not scan.header_ok:
+                self._report_corrupt(scan.seg, 0, _SEGMENT_HEADER_SIZE, "damaged segment header")
+            for start, end in sorted(scan.seg.bad.items()):
+                self._report_corrupt(scan.seg, start, end)
+        self._segments = [scan.seg for scan in chosen]
+        self._last = last
 
-    def _scan_frames(self, seg: _Segment, mm: mmap.mmap, size: int, *, last: bool) -> int:
-        """Scan frames in ``mm``; return the offset where valid data ends."""
+    def _scan(self, scan: _Scan) -> None:
+        """Classify ``scan.path`` and verify its frames; reads only, never writes."""
+        if not stat.S_ISREG(os.stat(scan.path).st_mode):
+            scan.reason = "it is not a regular file"
+            return
+        # O_NONBLOCK: a FIFO put in place after the stat must not hang the open.
+        fd = os.open(scan.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                scan.reason = "it is not a regular file"
+                return
+            scan.key = _file_key(st)
+            size = st.st_size
+            if size == 0:
+                scan.blank = True
+                return
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+                scan.header_ok = mm[:_SEGMENT_HEADER_SIZE] == _SEGMENT_HEADER
+                if _is_blank(mm, size):
+                    scan.blank = True
+                    return
+                self._scan_frames(scan, mm, size)
+        finally:
+            os.close(fd)
+        scan.seg.size = size
+
+    def _scan_frames(self, scan: _Scan, mm: mmap.mmap, size: int) -> None:
+        """Index the valid frames in ``mm`` and note the bad regions between them."""
+        seg = scan.seg
+        # The frames are scanned even behind a damaged header: each carries its own magic and
+        # checksum, so a header bit flip costs no record.
         pos = _SEGMENT_HEADER_SIZE
-        prev = self._last
+        prev = 0
         every_records = self._index_every_records
         every_bytes = self._index_every_bytes
         since_index = 0
@@ -479,11 +597,10 @@ class SegmentLog:
             fend = _valid_frame_end(mm, pos, size, prev)
             if fend < 0:
                 nxt = _resync(mm, pos + 1, size, prev)
-                if nxt < 0 and last:
-                    break
                 bad_end = size if nxt < 0 else nxt
                 seg.bad[pos] = bad_end
-                self._report_corrupt(seg, pos, bad_end)
+                if nxt < 0:
+                    scan.tail = pos
                 pos = bad_end
                 continue
             _, _, _, _, seq, ts, _, _, _ = _HEAD.unpack_from(mm, pos)
@@ -500,20 +617,81 @@ class SegmentLog:
                 seg.max_ts = ts
             prev = seq
             pos = fend
-        self._last = prev
-        if last:
-            self._idx_records = since_index
-            self._idx_offset = index_offset
-        return pos
+        scan.since_index = since_index
+        scan.index_offset = index_offset
 
-    def _report_corrupt(self, seg: _Segment, start: int, end: int) -> None:
+    def _open_active(self, scan: _Scan) -> None:
+        """Append to the segment holding the newest record, cutting a torn tail off it first.
+
+        Only that segment may take new records: appending to an older one would interleave
+        seqs across files. A damaged header leaves it read-only and new records go to a new
+        segment, since whatever damaged the header may not be done with the file.
+        """
+        seg = scan.seg
+        if not scan.header_ok:
+            return
+        try:
+            fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            logger.warning("cannot append to log segment %s (%s); using a new one", seg.path, exc)
+            return
+        tail = scan.tail
+        if tail is not None:
+            # Nothing valid follows ``tail``: a write torn by a crash, not corruption.
+            try:
+                os.ftruncate(fd, tail)
+                os.fsync(fd)
+            except OSError as exc:
+                os.close(fd)
+                logger.warning(
+                    "cannot truncate the torn tail of log segment %s (%s); using a new one",
+                    seg.path,
+                    exc,
+                )
+                return
+            logger.warning(
+                "log segment %s: truncating a torn tail of %d bytes at offset %d",
+                seg.path,
+                seg.size - tail,
+                tail,
+            )
+            self.truncated_bytes += seg.size - tail
+            del seg.bad[tail]
+            seg.size = tail
+        self._fd = fd
+        self._active = seg
+        self._idx_records = scan.since_index
+        self._idx_offset = scan.index_offset
+
+    def _skip(self, scan: _Scan, reason: str, *, level: int = logging.WARNING) -> None:
+        self.skipped_files += 1
+        logger.log(level, "log segment %s is left out of the log: %s", scan.path, reason)
+
+    def _report_corrupt(
+        self, seg: _Segment, start: int, end: int, what: str = "checksum or framing"
+    ) -> None:
         with self._lock:
             self.corrupt_records += 1
         logger.warning(
-            "log segment %s: skipping %d corrupt bytes at offset %d (checksum or framing)",
+            "log segment %s: skipping %d corrupt bytes at offset %d (%s)",
             seg.path,
             end - start,
             start,
+            what,
+        )
+
+    def _report_missing(self, seg: _Segment) -> None:
+        """A segment file vanished while the log was open (not by retention): say so once."""
+        with self._lock:
+            if seg.missing:
+                return
+            seg.missing = True
+            self.corrupt_records += 1
+        logger.error(
+            "log segment %s disappeared; its records %s..%s are lost",
+            seg.path,
+            seg.first_seq,
+            seg.last_seq,
         )
 
     # -- reader internals ---------------------------------------------------------------
@@ -612,7 +790,13 @@ class LogReader:
                         consumed, bad = self._parse(data, out)
                     bad = consumed == 0
             except FileNotFoundError:
-                self._seg = None
+                if seg.removed:  # by retention: continue at the oldest remaining record
+                    self._seg = None
+                else:
+                    # Deleted behind the log's back. Locating again would land in it again,
+                    # forever, so pass over what it held.
+                    log._report_missing(seg)
+                    self._pos = end
                 continue
             except OSError as exc:
                 raise StorageError(f"cannot read {seg.path}: {exc}") from exc
@@ -778,6 +962,11 @@ class PersistentEventQueue:
     @property
     def corrupt_records(self) -> int:
         return 0 if self._log is None else self._log.corrupt_records
+
+    @property
+    def skipped_files(self) -> int:
+        """Files named like segments that recovery left out of the log."""
+        return 0 if self._log is None else self._log.skipped_files
 
     @property
     def first_seq(self) -> int | None:
@@ -1012,6 +1201,10 @@ class PersistentEventQueue:
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
 
 _SUFFIX: Final = ".seg"
+# ASCII digits only: str.isdigit() also accepts characters such as "²" that int() rejects.
+_SEGMENT_NAME: Final = re.compile(r"[0-9]{1,20}\.seg")
+#: Names tried past a taken one before creating a segment gives up.
+_NAME_ATTEMPTS: Final = 1000
 _SEGMENT_HEADER: Final = b"FRYSLOG1"
 _SEGMENT_HEADER_SIZE: Final = len(_SEGMENT_HEADER)
 _MAGIC: Final = 0xF5C1
@@ -1041,6 +1234,7 @@ class _Segment:
         "index",
         "last_seq",
         "max_ts",
+        "missing",
         "path",
         "removed",
         "size",
@@ -1058,6 +1252,41 @@ class _Segment:
         #: Corrupt regions, start offset -> end offset.
         self.bad: dict[int, int] = {}
         self.removed = False
+        #: The file vanished while the log was open (reported once).
+        self.missing = False
+
+
+class _Scan:
+    """What recovery learnt about one file named like a segment."""
+
+    __slots__ = (
+        "blank",
+        "header_ok",
+        "index_offset",
+        "key",
+        "number",
+        "path",
+        "reason",
+        "seg",
+        "since_index",
+        "tail",
+    )
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        #: The number in the name; only a tie-break, the order comes from the seqs inside.
+        self.number = int(path.name.removesuffix(_SUFFIX))
+        self.seg = _Segment(path)
+        self.header_ok = False
+        #: No byte of data (see ``_is_blank``).
+        self.blank = False
+        self.key: tuple[int, ...] = ()
+        #: Why the file holds no records, when that is not obvious from the rest.
+        self.reason = ""
+        #: Start of a bad region that runs to the end of the file, if any.
+        self.tail: int | None = None
+        self.since_index = 0
+        self.index_offset = _SEGMENT_HEADER_SIZE
 
 
 def _compress(data: bytes) -> bytes:
@@ -1105,11 +1334,27 @@ def _resync(buf: bytes | mmap.mmap, start: int, end: int, prev_seq: int) -> int:
         search = hit + 1
 
 
-def _is_torn_header(fd: int, head: bytes, size: int) -> bool:
-    """A header cut short by a crash, or a file whose data never reached the disk (zeroes)."""
-    if size < _SEGMENT_HEADER_SIZE and _SEGMENT_HEADER.startswith(head):
+def _is_blank(buf: mmap.mmap, size: int) -> bool:
+    """No byte of data: a header cut short by a crash, or zeroes where pages never reached disk."""
+    head = buf[:_SEGMENT_HEADER_SIZE]
+    if size <= _SEGMENT_HEADER_SIZE and _SEGMENT_HEADER.startswith(head):
         return True
-    return os.pread(fd, size, 0).count(0) == size
+    start = _SEGMENT_HEADER_SIZE if head == _SEGMENT_HEADER else 0
+    zeroes = bytes(min(_READ_CHUNK, size))
+    for pos in range(start, size, _READ_CHUNK):
+        chunk = buf[pos : min(size, pos + _READ_CHUNK)]
+        if chunk != zeroes[: len(chunk)]:
+            return False
+    return True
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:020d}{_SUFFIX}"
+
+
+def _file_key(st: os.stat_result) -> tuple[int, ...]:
+    """Enough of a file's identity to notice that it changed between two looks."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _pread(path: Path, offset: int, size: int) -> bytes:

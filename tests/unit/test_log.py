@@ -315,20 +315,248 @@ def test_zeroed_bytes_after_the_last_record_are_truncated_as_a_torn_tail(tmp_pat
         assert (log.corrupt_records, log.truncated_bytes) == (0, 10_000)
 
 
-def test_a_torn_segment_header_is_reinitialised(tmp_path: Path) -> None:
-    write_log(tmp_path, [record(i) for i in range(1, 4)])
-    (tmp_path / "00000000000000000004.seg").write_bytes(b"FRY")
-    with SegmentLog(tmp_path) as log:
-        assert log.last_seq == 3
-        log.append(record(4))
-    with SegmentLog(tmp_path) as log:
+# -- damaged directories: no single bad file makes the log unreadable ------------------------
+
+BIG = 300  # with max_file_size=256 every record of BIG bytes gets a segment of its own
+ONE_PER_SEGMENT = {"max_file_size": 256}
+
+
+def big(seq: int) -> LogRecord:
+    return record(seq, payload=b"%08d" % seq * (BIG // 8))
+
+
+def write_segments(directory: Path, last: int = 300) -> list[Path]:
+    """Records 1..last in several segments of about 4 KiB; returns the segment files."""
+    write_log(directory, [record(i) for i in range(1, last + 1)], max_file_size=4096)
+    files = segment_files(directory)
+    assert len(files) >= 3
+    return files
+
+
+def seg_name(number: int) -> str:
+    return f"{number:020d}.seg"
+
+
+def assert_appends_and_reopens(directory: Path, last: int, **options: object) -> None:
+    """The log takes last + 1 and, reopened, still holds every seq up to it."""
+    with SegmentLog(directory, **options) as log:  # type: ignore[arg-type]
+        assert log.last_seq == last
+        log.append(record(last + 1))
+    with SegmentLog(directory, **options) as log:  # type: ignore[arg-type]
+        assert seqs(log.read_from(0)) == list(range(1, last + 2))
+        assert log.truncated_bytes == 0
+
+
+@pytest.mark.parametrize("which", ["middle", "last"])
+def test_a_damaged_segment_header_costs_no_record_and_the_file_is_never_written(
+    tmp_path: Path, which: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = write_segments(tmp_path)
+    damaged = files[len(files) // 2] if which == "middle" else files[-1]
+    flip_byte(damaged, 3)
+    before = damaged.read_bytes()
+
+    with caplog.at_level(logging.WARNING, logger="frys_zmq._log"):
+        log = SegmentLog(tmp_path, max_file_size=4096)
+    with log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert (log.corrupt_records, log.skipped_files, log.truncated_bytes) == (1, 0, 0)
+    assert "damaged segment header" in caplog.text
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+    assert damaged.read_bytes() == before
+    if which == "last":  # the new record went to a segment of its own
+        assert len(segment_files(tmp_path)) == len(files) + 1
+
+
+def test_a_damaged_header_on_a_torn_last_segment_leaves_the_tail_on_disk(tmp_path: Path) -> None:
+    files = write_segments(tmp_path)
+    with files[-1].open("ab") as f:
+        f.write(b"\x07" * 50)
+    flip_byte(files[-1], 0)
+    before = files[-1].read_bytes()
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert (log.corrupt_records, log.truncated_bytes) == (2, 0)  # the header, the tail
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+    assert files[-1].read_bytes() == before
+
+
+@pytest.mark.parametrize("name", [seg_name(0), seg_name(150), seg_name(99_999_999)])
+def test_a_foreign_file_named_like_a_segment_is_left_out_and_never_touched(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_segments(tmp_path)
+    foreign = tmp_path / name
+    content = os.urandom(5000)
+    foreign.write_bytes(content)
+
+    with caplog.at_level(logging.WARNING, logger="frys_zmq._log"):
+        log = SegmentLog(tmp_path, max_file_size=4096)
+    with log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert (log.skipped_files, log.corrupt_records, log.truncated_bytes) == (1, 0, 0)
+        log.apply_retention(0, max_bytes=1)  # retention only ever deletes the log's own files
+    assert f"{foreign} is left out of the log" in caplog.text
+    assert foreign.read_bytes() == content
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert log.last_seq == 300
+        log.append(record(301))
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(299)) == [300, 301]
+    assert foreign.read_bytes() == content
+
+
+def test_a_foreign_file_that_starts_with_a_segment_header_is_left_out(tmp_path: Path) -> None:
+    write_segments(tmp_path)
+    foreign = tmp_path / seg_name(99_999_999)
+    foreign.write_bytes(b"FRYSLOG1" + os.urandom(1000))
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert (log.skipped_files, log.truncated_bytes) == (1, 0)
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+    assert foreign.stat().st_size == 1008
+
+
+def test_a_directory_named_like_a_segment_is_left_out(tmp_path: Path) -> None:
+    write_segments(tmp_path)
+    (tmp_path / seg_name(99_999_999)).mkdir()
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert log.skipped_files == 1
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+    assert (tmp_path / seg_name(99_999_999)).is_dir()
+
+
+def test_a_fifo_named_like_a_segment_does_not_hang_the_open(tmp_path: Path) -> None:
+    write_segments(tmp_path)
+    os.mkfifo(tmp_path / seg_name(99_999_999))
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert log.skipped_files == 1
+
+
+def test_names_that_are_not_ascii_digits_are_ignored(tmp_path: Path) -> None:
+    write_segments(tmp_path)
+    (tmp_path / "²³.seg").write_bytes(b"FRYSLOG1")  # "²".isdigit(), but int() rejects it
+    (tmp_path / "x.seg").mkdir()
+    (tmp_path / f"{'1' * 21}.seg").write_bytes(b"")
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert log.skipped_files == 0
+
+
+def test_a_new_segment_passes_over_a_name_held_by_a_directory(tmp_path: Path) -> None:
+    write_log(tmp_path, [big(i) for i in range(1, 4)], **ONE_PER_SEGMENT)
+    (tmp_path / seg_name(4)).mkdir()
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        for i in range(4, 7):
+            log.append(big(i))
+    names = [p.name for p in segment_files(tmp_path) if p.is_file()]
+    assert names == [seg_name(n) for n in (1, 2, 3, 5, 6, 7)]  # never below a taken name
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4, 5, 6]
+        log.append(big(7))
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 8))
+        assert log.skipped_files == 1
+
+
+@pytest.mark.parametrize("name", [seg_name(0), seg_name(99_999_999)])
+def test_a_stray_empty_segment_never_takes_appends_and_costs_no_record(
+    tmp_path: Path, name: str
+) -> None:
+    write_log(tmp_path, [record(i) for i in range(1, 51)], max_file_size=4096)
+    stray = tmp_path / name
+    stray.write_bytes(b"")
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert log.skipped_files == 1
+        for i in range(51, 501):
+            log.append(record(i))
+        log.sync()
+    assert len(segment_files(tmp_path)) > 4
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 501))
+        assert (log.last_seq, log.truncated_bytes, log.corrupt_records) == (500, 0, 0)
+    assert stray.stat().st_size == 0
+
+
+async def test_records_acknowledged_after_a_stray_empty_segment_survive_reopening(
+    tmp_path: Path,
+) -> None:
+    async with PersistentEventQueue(tmp_path, max_file_size=1024, fsync="always") as queue:
+        await asyncio.gather(*(queue.store_event(record(i)) for i in range(1, 11)))
+    (tmp_path / seg_name(99_999_999)).write_bytes(b"")
+    async with PersistentEventQueue(tmp_path, max_file_size=1024, fsync="always") as queue:
+        assert queue.skipped_files == 1
+        for first in range(11, 201, 10):
+            await asyncio.gather(*(queue.store_event(record(i)) for i in range(first, first + 10)))
+    async with PersistentEventQueue(tmp_path, max_file_size=1024, fsync="always") as queue:
+        assert seqs(await queue.recover_events()) == list(range(1, 201))
+        assert queue.last_seq == 200
+
+
+def test_a_torn_header_is_reused_when_the_next_segment_needs_its_name(tmp_path: Path) -> None:
+    write_log(tmp_path, [big(i) for i in range(1, 4)], **ONE_PER_SEGMENT)
+    (tmp_path / seg_name(4)).write_bytes(b"FRY")  # a crash while segment 4 was created
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        assert (log.last_seq, log.skipped_files) == (3, 1)
+        log.append(big(4))
+    assert [p.name for p in segment_files(tmp_path)] == [seg_name(n) for n in (1, 2, 3, 4)]
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
         assert seqs(log.read_from(0)) == [1, 2, 3, 4]
+        assert log.skipped_files == 0
 
 
-def test_a_foreign_segment_file_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "00000000000000000001.seg").write_bytes(b"NOTALOG!" + b"x" * 100)
-    with pytest.raises(StorageError, match="not a version 1"):
-        SegmentLog(tmp_path)
+def test_a_zero_filled_last_segment_holds_no_data_and_is_reused(tmp_path: Path) -> None:
+    write_log(tmp_path, [big(i) for i in range(1, 5)], **ONE_PER_SEGMENT)
+    last = tmp_path / seg_name(4)
+    last.write_bytes(bytes(last.stat().st_size))  # its pages never reached the disk
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        assert (log.last_seq, log.skipped_files, log.corrupt_records) == (3, 1, 0)
+        log.append(big(4))
+    with SegmentLog(tmp_path, **ONE_PER_SEGMENT) as log:
+        assert seqs(log.read_from(0)) == [1, 2, 3, 4]
+    assert last.read_bytes().startswith(b"FRYSLOG1")
+
+
+def test_segments_are_ordered_by_the_seqs_inside_not_by_their_names(tmp_path: Path) -> None:
+    files = write_segments(tmp_path)
+    # What an older version left behind: a segment whose name sorts after later ones.
+    files[1].rename(tmp_path / seg_name(99_999_999))
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert seqs(log.read_from(150)) == list(range(151, 301))
+        assert (log.truncated_bytes, log.corrupt_records, log.skipped_files) == (0, 0, 0)
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+
+
+def test_a_copy_of_a_segment_under_another_name_is_left_out_untouched(tmp_path: Path) -> None:
+    files = write_segments(tmp_path)
+    copies = [tmp_path / seg_name(0), tmp_path / seg_name(99_999_999)]
+    for copy, original in zip(copies, (files[1], files[-1]), strict=True):
+        copy.write_bytes(original.read_bytes() + b"\x00\x01torn")
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        assert seqs(log.read_from(0)) == list(range(1, 301))
+        assert (log.skipped_files, log.truncated_bytes) == (2, 0)
+    assert_appends_and_reopens(tmp_path, 300, max_file_size=4096)
+    assert copies[0].read_bytes() == files[1].read_bytes() + b"\x00\x01torn"
+    assert copies[1].read_bytes().endswith(b"\x00\x01torn")
+
+
+def test_a_segment_deleted_behind_the_log_is_reported_once_and_reading_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SegmentLog(tmp_path, max_file_size=4096) as log:
+        for i in range(1, 301):
+            log.append(record(i))
+        log.flush()
+        files = segment_files(tmp_path)
+        gone = range(int(files[1].stem), int(files[2].stem))  # names are first seqs
+        files[1].unlink()
+        with caplog.at_level(logging.ERROR, logger="frys_zmq._log"):
+            assert seqs(log.read_from(0)) == [i for i in range(1, 301) if i not in gone]
+            assert seqs(log.read_from(gone[0])) == list(range(gone[-1] + 1, 301))
+        assert log.corrupt_records == 1
+    assert caplog.text.count("disappeared") == 1
 
 
 def test_os_errors_surface_as_storage_errors(tmp_path: Path) -> None:
