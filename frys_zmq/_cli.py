@@ -1,11 +1,13 @@
 """``frys-zmq``: the command line tool (``node``, ``discover``, ``pub``, ``sub``, ``request``,
 ``demo``, ``bench``).
 
-Exit codes: 0 success; 1 runtime failure or lost events; 2 usage error (bad arguments, an
-invalid topic or config); 3 timeout, or nothing found where something was required; 130
-interrupted (143 on SIGTERM). Errors are one line on stderr, never a traceback (``-v`` logs
-more). The commands themselves live in ``_cli_commands``; ``bench`` is ``frys_zmq.bench``, with
-its own flags and exit codes.
+Exit codes: 0 success (``discover`` finding no nodes is a result, not an error); 1 runtime
+failure or lost events; 2 usage error (bad arguments, an invalid topic or config); 3 timeout,
+or fewer nodes or events than ``discover --expect`` / ``sub --count`` asked for; 130
+interrupted by SIGINT, 143 by SIGTERM (also ``node``, ``sub`` and ``discover --watch``, which
+run until stopped, after a clean shutdown). Errors are one line on stderr, never a traceback
+(``-v`` logs more). The commands themselves live in ``_cli_commands``; ``bench`` is
+``frys_zmq.bench``, with its own flags and exit codes.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A brokerless event bus over ZeroMQ with mDNS discovery.",
-        epilog="exit codes: 0 ok, 1 failure or lost events, 2 usage error, "
-        "3 timeout or nothing found, 130 interrupted",
+        epilog="exit codes: 0 ok (discover finding no nodes too; --expect N requires them), "
+        "1 failure or lost events, 2 usage error, 3 timeout or fewer nodes/events than "
+        "--expect/--count asked for, 130 interrupted (SIGINT), 143 terminated (SIGTERM)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.set_defaults(verbose=0)
@@ -172,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "discover",
         parents=[common],
         help="list the frys nodes announced over mDNS",
-        description="Browse mDNS for frys nodes (without announcing itself).",
+        description="Browse mDNS for frys nodes (without announcing itself). Finding "
+        "none exits 0; use --expect N to exit 3 unless N nodes are seen.",
     )
     p.add_argument(
         "--timeout",

@@ -97,14 +97,29 @@ async def with_signals(coro: Awaitable[int]) -> int:
     return await coro
 
 
-async def _until_interrupted() -> None:
-    """Return on SIGINT or SIGTERM: the long-running commands stop cleanly on both."""
+async def _until_interrupted(ready: str | None = None) -> int:
+    """Wait for SIGINT or SIGTERM and return its exit code (130 or 143).
+
+    The long-running commands stop cleanly on both, then exit with that code, as a command
+    interrupted in the middle of its work does. ``ready`` is noted on stderr once the
+    signals are caught here, so whoever waits for it may signal at once.
+    """
     stop = asyncio.Event()
+    code = EXIT_INTERRUPTED
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_signal(exit_code: int) -> None:
+        nonlocal code
+        code = exit_code
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_signal, EXIT_INTERRUPTED)
+    loop.add_signal_handler(signal.SIGTERM, on_signal, EXIT_TERMINATED)
     try:
+        if ready is not None:
+            _note(ready)
         await stop.wait()
+        return code
     finally:
         loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
         Signals.install_term()
@@ -216,15 +231,14 @@ async def cmd_node(ns: argparse.Namespace) -> int:
         bus.subscribe("$frys.peer.>", _peer_note)
         bus.subscribe("$frys.gap", lambda e: _note(f"lost events: {_dumps(e.payload)}"))
         ep = bus.endpoints
-        _note(
+        code = await _until_interrupted(
             f"node {bus.node_id} in cluster {bus.config.cluster}: pub {ep.get('pub')}, "
             f"router {ep.get('router')}"
             + (f", serving {', '.join(ns.serve)}" if ns.serve else "")
             + "; Ctrl-C to stop"
         )
-        await _until_interrupted()
         _note(f"node {bus.node_id} leaving")
-    return EXIT_OK
+    return code
 
 
 def _peer_note(event: Event) -> None:
@@ -317,20 +331,27 @@ async def cmd_discover(ns: argparse.Namespace) -> int:
         )
     timeout = ns.timeout if ns.timeout is not None else (None if ns.watch else 3.0)
     seen = _Seen()
+    # Nodes of the other clusters: the browser sees them anyway, and when --cluster finds
+    # too few they tell the user where the nodes are.
+    elsewhere = _Seen()
 
     def on_found(ann: Announcement) -> None:
+        if cluster is not None and ann.cluster != cluster:
+            elsewhere.found(ann)
+            return
         change = seen.found(ann)
         if ns.watch and change is not None:
             _watch_line(ns.json, change, _node_dict(ann, 0.0))
 
     def on_removed(node_id: str, cluster_name: str) -> None:
-        if seen.removed(node_id, cluster_name) and ns.watch:
+        if cluster is not None and cluster_name != cluster:
+            elsewhere.removed(node_id, cluster_name)
+        elif seen.removed(node_id, cluster_name) and ns.watch:
             _watch_line(ns.json, "removed", {"node_id": node_id, "cluster": cluster_name})
 
-    discovery = MdnsDiscovery(
-        interface=interface, on_found=on_found, on_removed=on_removed, cluster=cluster
-    )
+    discovery = MdnsDiscovery(interface=interface, on_found=on_found, on_removed=on_removed)
     await discovery.start(own=None)
+    code = EXIT_OK  # --watch: unless a signal stopped it before --timeout ran out
     try:
         if ns.watch:
             if not ns.json:
@@ -339,22 +360,51 @@ async def cmd_discover(ns: argparse.Namespace) -> int:
                     f"{interface or 'all interfaces'}; Ctrl-C to stop"
                 )
             if timeout is None:
-                await _until_interrupted()
+                code = await _until_interrupted()
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
-                        await _until_interrupted()
+                        code = await _until_interrupted()
         else:
             await _wait_seen(seen, ns.expect, timeout)
     finally:
         await discovery.aclose()
     if ns.watch:
-        return EXIT_OK
+        return code
     rows = seen.rows(time.monotonic())
-    _print(_dumps(rows) if ns.json else format_nodes(rows))
+    short = len(rows) < (ns.expect or 1)
+    hint = _elsewhere_hint(elsewhere) if cluster is not None and short else None
+    if ns.json:
+        _print(_dumps(rows))
+    elif rows:
+        _print(format_nodes(rows))
+    else:
+        _print(f"no frys nodes found in cluster {cluster!r}" if cluster else format_nodes(rows))
     if ns.expect is not None and len(rows) < ns.expect:
-        raise CliError(f"found {len(rows)} of {ns.expect} nodes within {timeout:g}s", EXIT_TIMEOUT)
+        where = f" in cluster {cluster!r}" if cluster else ""
+        raise CliError(
+            f"found {len(rows)} of {ns.expect} nodes{where} within {timeout:g}s"
+            + (f"; {hint}" if hint else ""),
+            EXIT_TIMEOUT,
+        )
+    if hint:
+        _note(hint)
     return EXIT_OK
+
+
+def _elsewhere_hint(elsewhere: _Seen) -> str | None:
+    """Where the nodes are when ``--cluster`` found none: a hint at the flags, or None."""
+    if not elsewhere.nodes:
+        return None
+    clusters = sorted({c for _, c in elsewhere.nodes})
+    names = ", ".join(clusters[:5]) + (
+        f" and {len(clusters) - 5} more" if len(clusters) > 5 else ""
+    )
+    one = clusters[0] if len(clusters) == 1 else "NAME"
+    return (
+        f"{len(elsewhere.nodes)} node(s) found in other clusters ({names}): "
+        f"try --cluster {one} or --all-clusters"
+    )
 
 
 async def _wait_seen(seen: _Seen, expect: int | None, limit_s: float | None) -> None:
@@ -447,12 +497,13 @@ async def cmd_sub(ns: argparse.Namespace) -> int:
     for pattern in ns.patterns:
         bus.subscribe(pattern, on_event)
     async with bus:
-        _note(
-            f"node {bus.node_id} in cluster {bus.config.cluster} subscribed to "
-            f"{' '.join(ns.patterns)}"
-        )
         waiter = asyncio.ensure_future(done.wait())
-        stopper = asyncio.ensure_future(_until_interrupted())
+        stopper = asyncio.ensure_future(
+            _until_interrupted(
+                f"node {bus.node_id} in cluster {bus.config.cluster} subscribed to "
+                f"{' '.join(ns.patterns)}"
+            )
+        )
         try:
             await asyncio.wait(
                 {waiter, stopper}, timeout=ns.timeout, return_when=asyncio.FIRST_COMPLETED
@@ -461,6 +512,8 @@ async def cmd_sub(ns: argparse.Namespace) -> int:
             for task in (waiter, stopper):
                 task.cancel()
             await asyncio.gather(waiter, stopper, return_exceptions=True)
+    if stopper.done() and not stopper.cancelled():
+        return stopper.result()  # stopped by a signal: 130 or 143
     if ns.count is not None and count < ns.count:
         raise CliError(f"received {count} of {ns.count} events", EXIT_TIMEOUT)
     return EXIT_OK

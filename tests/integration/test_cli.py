@@ -165,8 +165,34 @@ async def test_discover_watch_prints_nodes_as_they_appear(cluster):
             assert change["node_id"] == "late-1"
         watch.send_signal(signal.SIGINT)
         result = await finish(watch)
-        assert result.rc == 0
+        assert result.rc == 130
         assert "Traceback" not in result.err
+
+
+async def test_discover_that_finds_nothing_exits_0(cluster):
+    result = await cli("discover", "--cluster", cluster, "--timeout", "1")
+    assert result.rc == 0, result.err
+    assert result.out == f"no frys nodes found in cluster {cluster!r}\n"
+    assert "Traceback" not in result.err
+
+
+async def test_discover_of_an_empty_cluster_points_at_the_nodes_in_other_clusters(cluster):
+    async with nodes(cluster + "x", "elsewhere"):
+        result = await cli("discover", "--cluster", cluster, "--timeout", "5")
+        assert result.rc == 0, result.err
+        assert f"no frys nodes found in cluster {cluster!r}" in result.out
+        hint = result.err.strip()
+        assert hint.startswith("frys-zmq: ") and "node(s) found in other clusters (" in hint
+        assert "or --all-clusters" in hint
+
+        expected = await cli(
+            "discover", "--cluster", cluster, "--expect", "1", "--timeout", "5", "--json"
+        )
+        assert expected.rc == 3
+        assert json.loads(expected.out) == []
+        error = one_line_error(expected)
+        assert "found 0 of 1 nodes in cluster" in error
+        assert "in other clusters (" in error and "or --all-clusters" in error
 
 
 # ---------------------------------------------------------------------- pub / sub / request / node
@@ -269,9 +295,36 @@ async def test_node_command_serves_echo_prints_events_and_stops_on_signals(clust
             }
         node.send_signal(signal.SIGTERM)
         result = await finish(node)
-        assert result.rc == 0
+        assert result.rc == 143
         assert "Traceback" not in result.err
         assert "node cli-node leaving" in result.err
+
+
+async def _started(proc: asyncio.subprocess.Process, mark: bytes) -> None:
+    """Wait until ``proc`` writes ``mark`` to stderr (it has started and set up its signals)."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while mark not in await proc.stderr.readline():
+            pass
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_commands_that_run_until_stopped_leave_cleanly_and_exit_with_the_signal_code(
+    cluster, sig, code
+):
+    async with cli_process("node", "--cluster", cluster) as node:
+        await _started(node, b"Ctrl-C to stop")
+        node.send_signal(sig)
+        result = await finish(node)
+        assert result.rc == code
+        assert "Traceback" not in result.err
+        assert "leaving" in result.err
+    async with cli_process("sub", "a.>", "--cluster", cluster) as sub:
+        await _started(sub, b"subscribed to a.>")
+        sub.send_signal(sig)
+        result = await finish(sub)
+        assert result.rc == code
+        assert "Traceback" not in result.err
 
 
 # ---------------------------------------------------------------------- demo
