@@ -445,6 +445,8 @@ async def cmd_pub(ns: argparse.Namespace) -> int:
     validate_topic(ns.topic)
     async with EventBus(_config(ns)) as bus:
         peers = await _wait_peers(bus, ns.wait_peers, ns.wait_timeout)
+        if not peers:  # --wait-peers 0: whoever happens to be ready already
+            peers = sorted(p.node_id for p in bus.peers() if p.ready)
         first = last = 0
         for i in range(ns.count):
             event = await bus.publish(ns.topic, ns.payload, metadata=ns.metadata)
@@ -469,9 +471,13 @@ async def cmd_pub(ns: argparse.Namespace) -> int:
                 )
             )
         else:
+            # Ready peers, not receivers: which of them subscribe only they know, and peers
+            # that meet this node while it is still up get the events too.
+            waited = "" if ns.wait_peers > 0 else "without waiting for peers; "
             _note(
-                f"published {ns.count} event(s) on {ns.topic} (seq {first}..{last}) "
-                f"to {len(peers)} peer(s)"
+                f"published {ns.count} event(s) on {ns.topic} (seq {first}..{last}), "
+                f"{waited}{len(peers)} peer(s) ready when publishing"
+                + (f": {', '.join(peers)}" if peers else "")
             )
     return EXIT_OK
 

@@ -208,6 +208,7 @@ async def test_pub_and_sub_in_two_cli_processes_deliver_matching_events(cluster)
             "pub", "orders.eu.placed", '{"id": 0}', "--cluster", cluster, "--wait-timeout", "30"
         )
         assert skipped.rc == 0, skipped.err
+        assert "1 peer(s) ready when publishing: " in skipped.err
         payload, metadata = '{"id": 7, "items": ["a", "b"]}', '{"via": "cli"}'
         sent = await cli(
             *("pub", "orders.placed", payload, "--metadata", metadata, "--count", "2", "--json"),
@@ -325,6 +326,13 @@ async def test_commands_that_run_until_stopped_leave_cleanly_and_exit_with_the_s
         result = await finish(sub)
         assert result.rc == code
         assert "Traceback" not in result.err
+
+
+async def test_pub_without_waiting_says_how_many_peers_were_ready_not_who_received(cluster):
+    result = await cli("pub", "a.b", "1", "--wait-peers", "0", "--cluster", cluster)
+    assert result.rc == 0, result.err
+    assert "without waiting for peers; 0 peer(s) ready when publishing" in result.err
+    assert " to 0 peer(s)" not in result.err
 
 
 # ---------------------------------------------------------------------- demo
