@@ -41,7 +41,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
+async def _spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -49,7 +49,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=ENV,
+        env={**ENV, **(env or {})},
         preexec_fn=_default_sigint,
     )
 
@@ -61,9 +61,9 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-async def cli(*args: str, limit_s: float = 60.0) -> Result:
-    """Run ``python -m frys_zmq ARGS`` to the end."""
-    proc = await _spawn(*args)
+async def cli(*args: str, limit_s: float = 60.0, env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m frys_zmq ARGS`` (with ``env`` added to the environment) to the end."""
+    proc = await _spawn(*args, env=env)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit_s)
     finally:
@@ -333,6 +333,13 @@ async def test_pub_without_waiting_says_how_many_peers_were_ready_not_who_receiv
     assert result.rc == 0, result.err
     assert "without waiting for peers; 0 peer(s) ready when publishing" in result.err
     assert " to 0 peer(s)" not in result.err
+
+
+async def test_a_bad_cluster_peers_variable_is_a_one_line_usage_error(cluster):
+    garbage = {"FRYS_CLUSTER_PEERS": "garbage"}
+    result = await cli("pub", "a.b", "--wait-peers", "0", "--cluster", cluster, env=garbage)
+    assert result.rc == 2
+    assert "cluster_peers[0] must be tcp://HOST:PORT" in one_line_error(result)
 
 
 # ---------------------------------------------------------------------- demo
