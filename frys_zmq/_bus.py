@@ -21,10 +21,13 @@ from ._errors import (
     BadFrame,
     ConfigError,
     DecodeError,
+    EncodeError,
     FrysError,
     HandlerError,
+    MessageTooLarge,
     NoResponders,
     NotStarted,
+    Overloaded,
     StorageError,
     TopicError,
     TransportError,
@@ -40,6 +43,7 @@ from ._wire import (
     decode_header,
     encode_header,
     pack_control,
+    plain_metadata,
     topic_frame,
     unpack_control,
 )
@@ -105,6 +109,8 @@ class EventBus:
         self._latency = _Latency()
         self.published = 0
         self.decode_errors = 0
+        self._serving = 0  #: remote requests being handled now
+        self.requests_shed = 0  #: remote requests refused as Overloaded
 
     # ------------------------------------------------------------------ life cycle
 
@@ -220,15 +226,16 @@ class EventBus:
         tframe = self._topic_ok.get(topic)
         if tframe is None:
             tframe = self._topic_frame(topic, system=system)
-        meta = dict(metadata) if metadata else None
+        meta = _metadata(metadata) if metadata else None
         ts = time.time_ns()
         node = self._node
         if node is not None:
-            # Encode first: a payload or metadata that cannot be encoded must not use up a
-            # seq, or every subscriber would see a gap.
+            # Encode and check first: what cannot be encoded, or what receivers would refuse,
+            # must not use up a seq, or every subscriber would wait for it in vain.
             seq = node.seq + 1
             data, flags = self._codec.encode(payload)
             header = encode_header(_EVENT, self.node_id, node.incarnation, seq, ts, meta, flags)
+            self._check_outgoing(tframe, header, data, meta)
             node.send_event(topic, tframe, header, data, seq, ts)
         else:
             self._local_seq += 1
@@ -258,6 +265,22 @@ class EventBus:
                 # A huge batch must not starve heartbeats and NACK answers of this node.
                 await asyncio.sleep(0)
         return out
+
+    def _check_outgoing(
+        self, tframe: bytes, header: bytes, data: bytes, meta: Mapping[str, Any] | None
+    ) -> None:
+        """Raise if peers would drop this message: their limits are this node's limits."""
+        limits = self.config.limits
+        if len(header) > limits.max_header_bytes:
+            raise MessageTooLarge(len(header), limits.max_header_bytes, "header (metadata)")
+        size = len(tframe) + len(header) + len(data)
+        if size > limits.max_message_bytes:
+            raise MessageTooLarge(size, limits.max_message_bytes)
+        if meta is not None and not plain_metadata(meta):
+            try:
+                decode_header(header, limits)  # exactly what a receiver will do with it
+            except DecodeError as exc:
+                raise EncodeError(f"peers would refuse this metadata: {exc}") from exc
 
     def publisher(self, topic: str) -> Publisher:
         """A callable bound to ``topic``."""
@@ -424,9 +447,10 @@ class EventBus:
         With no node serving ``topic`` the answer is ``Reply.Error(NoResponders)`` at once.
         """
         self._check_open()
-        validate_topic(topic)
+        if topic not in self._topic_ok:
+            self._topic_frame(topic)  # validates (and remembers) the topic
         timeout = self.config.request_timeout if timeout is None else timeout
-        meta = dict(metadata) if metadata else None
+        meta = _metadata(metadata) if metadata else None
         local = self._local_handler(topic)
         remote = self._node.servers_of(topic) if self._node is not None else []
         n = len(remote) + (1 if local is not None else 0)
@@ -470,9 +494,11 @@ class EventBus:
                 backoff *= 2
                 peer = others[next(self._rr) % len(others)]
         if header.content_type == "frys/error":
+            err: FrysError
             try:
                 info = unpack_control(body, self.config.limits)
-                err = HandlerError(str(info.get("message", "")), str(info.get("type", "Exception")))
+                kind, message = str(info.get("type", "Exception")), str(info.get("message", ""))
+                err = Overloaded(message) if kind == "Overloaded" else HandlerError(message, kind)
             except (DecodeError, AttributeError):
                 err = HandlerError("undecodable error reply")
             return Reply.Error(err, header.source)
@@ -501,22 +527,30 @@ class EventBus:
                 0,
             )
         assert self._request_sem is not None
+        if self._serving >= self.config.max_pending_requests:
+            # Shed load rather than queue without bound: the caller hears it at once.
+            self.requests_shed += 1
+            message = f"{self.node_id} has {self._serving} requests in progress"
+            return False, pack_control({"type": "Overloaded", "message": message}), 0
         try:
             value = self._codec.decode(payload, header.flags)
         except DecodeError as exc:
             self._count_decode_error(header.source, exc)
             return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
-        async with self._request_sem:
-            try:
+        self._serving += 1
+        try:
+            async with self._request_sem:
                 req = Request(
                     topic, value, header.metadata or {}, header.source, header.correlation_id or ""
                 )
                 result = await self._call(handler, req)
                 data, flags = self._codec.encode(result)
                 return True, data, flags
-            except Exception as exc:
-                log.debug("request handler for %s raised", topic, exc_info=True)
-                return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
+        except Exception as exc:
+            log.debug("request handler for %s raised", topic, exc_info=True)
+            return False, pack_control({"type": type(exc).__name__, "message": str(exc)}), 0
+        finally:
+            self._serving -= 1
 
     # ------------------------------------------------------------------ remote delivery
 
@@ -761,6 +795,7 @@ class EventBus:
             "handler_errors": d.handler_errors,
             "dead_letters": d.dead_letters,
             "decode_errors": self.decode_errors,
+            "requests_shed": self.requests_shed,
             "queue_depth": sum(s.pending for s in subs),
             "subscriptions": d.topic_counts(),
             "latency_ms": self._latency.summary(),
@@ -800,6 +835,17 @@ _BATCH_YIELD = 1024
 
 class PeerWaitTimeout(FrysError, TimeoutError):
     """``wait_for_peers`` ran out of time."""
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    """A private copy of ``metadata``, which must be a mapping with str keys."""
+    if not isinstance(metadata, Mapping):
+        raise EncodeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    meta = dict(metadata)
+    for key in meta:
+        if type(key) is not str:
+            raise EncodeError(f"metadata keys must be str, got {key!r}")
+    return meta
 
 
 def _as_handler_error(exc: BaseException) -> FrysError:

@@ -134,6 +134,8 @@ class EventBusConfig:
     compression_threshold: int = 4096
     monitoring_enabled: bool = True
     request_timeout: float = _timing.REQUEST_TIMEOUT
+    #: Remote requests this node handles at once; more are refused with ``Overloaded``.
+    max_pending_requests: int = 10_000
     #: ZeroMQ high-water marks (messages) of the event stream (PUB and SUB sockets).
     send_hwm: int = 100_000
     recv_hwm: int = 100_000
@@ -165,6 +167,7 @@ class EventBusConfig:
             "retention_ring_bytes",
             "send_hwm",
             "recv_hwm",
+            "max_pending_requests",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

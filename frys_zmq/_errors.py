@@ -21,6 +21,7 @@ __all__ = [
     "MessageTooLarge",
     "NoResponders",
     "NotStarted",
+    "Overloaded",
     "ProtocolError",
     "QueueFull",
     "RequestError",
@@ -128,6 +129,10 @@ class NoResponders(RequestError):
     def __init__(self, topic: str) -> None:
         super().__init__(f"no node serves {topic!r}")
         self.topic = topic
+
+
+class Overloaded(RequestError):
+    """The serving node had ``max_pending_requests`` requests in progress and refused this one."""
 
 
 class RequestTimeout(RequestError, TimeoutError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
@@ -22,9 +23,16 @@ import psutil
 import zmq
 
 from . import _timing
-from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig
+from ._config import DeliveryMode, DiscoveryStrategy, EventBusConfig, validate_name
 from ._discovery import Announcement, MdnsDiscovery, _primary_address
-from ._errors import DecodeError, FrysError, StorageError, TransportError
+from ._errors import (
+    ConfigError,
+    DecodeError,
+    FrysError,
+    MessageTooLarge,
+    StorageError,
+    TransportError,
+)
 from ._log import LogRecord, PersistentEventQueue
 from ._peers import PeerInfo, PeerState, PeerTable
 from ._sequencing import Gap, Nack, RetentionRing, StreamTracker
@@ -57,6 +65,10 @@ _CTL_FRAME = topic_frame(CONTROL_TOPIC)
 Frames = tuple[bytes, bytes, bytes]
 # Payloads from this size on are sent zero-copy (pyzmq's own advice is ~64 KB) and alone.
 _BIG: Final = 65536
+# Room for a REPLY's header when checking a reply's size (its correlation id is the asker's).
+_REPLY_HEADER_ROOM: Final = 1024
+# Bounds of the bad-message bookkeeping (reasons counted, log rate-limiter entries).
+_MAX_REASONS: Final = 256
 
 
 @dataclass(slots=True)
@@ -90,6 +102,9 @@ class _Link:
     hello_at: float = 0.0
     static: bool = False
     reader: SocketReader | None = None
+    guarded: Callable[[list[bytes]], Awaitable[None] | None] | None = None
+    #: HELLOs sent since the link last had a node (unanswered ones retire a found link).
+    hellos: int = 0
 
 
 @dataclass(slots=True)
@@ -203,6 +218,8 @@ class Node:
             raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
         if cfg.interface is None:
             self.address = _primary_address()
+        self._sub_one = self._guard("sub", self._on_sub_message)
+        self._router_one = self._guard("router", self._on_router_message)
         self._sub_reader = SocketReader(self._sub, self._on_sub_batch)
         self._router_reader = SocketReader(self._router, self._on_router_batch, 256)
         self._spawn(self._heartbeat_loop(), "heartbeat")
@@ -402,9 +419,6 @@ class Node:
         if link is None:
             raise TransportError(f"no link to {peer.node_id}")
         corr = f"{self.incarnation:x}.{next(self._corr)}"
-        fut: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
-        self._pending[corr] = fut
-        self._pending_peer[corr] = peer.node_id
         header = encode_header(
             Kind.REQUEST,
             self.node_id,
@@ -415,6 +429,12 @@ class Node:
             flags,
             correlation_id=corr,
         )
+        size = len(topic) + 1 + len(header) + len(payload)
+        if size > self._limits.max_message_bytes:
+            raise MessageTooLarge(size, self._limits.max_message_bytes, "request")
+        fut: asyncio.Future[tuple[Header, bytes]] = self._loop.create_future()
+        self._pending[corr] = fut
+        self._pending_peer[corr] = peer.node_id
         # A timer handle rather than asyncio.timeout(): cheaper, and it fails only `fut`.
         timer = self._loop.call_later(timeout, _expire, fut)
         try:
@@ -519,22 +539,56 @@ class Node:
 
     def _bad(self, who: str, reason: str, exc: BaseException | None = None) -> None:
         """Count and (rate-limited) log a message we had to drop."""
-        self.stats.bad_messages += 1
-        self.stats.bad_by_reason[reason] = self.stats.bad_by_reason.get(reason, 0) + 1
-        key = (who, reason)
+        stats = self.stats
+        stats.bad_messages += 1
+        if reason in stats.bad_by_reason or len(stats.bad_by_reason) < _MAX_REASONS:
+            stats.bad_by_reason[reason] = stats.bad_by_reason.get(reason, 0) + 1
+        # Rate-limit per known peer and reason; names a sender made up share one bucket, or
+        # a flood of invented ids would log every message and grow this table.
+        key = (who if self.peers.get(who) is not None else "?", reason)
         now = time.monotonic()
-        if now - self._log_limiter.get(key, -1e9) >= 5.0:
+        if now - self._log_limiter.get(key, -1e9) >= _timing.BAD_LOG_INTERVAL:
+            if len(self._log_limiter) >= _MAX_REASONS:
+                self._log_limiter.clear()
             self._log_limiter[key] = now
             log.warning("dropped bad message from %s: %s (%s)", who, reason, exc)
+
+    def _guard(
+        self, who: str, handle: Callable[[list[bytes]], Awaitable[None] | None]
+    ) -> Callable[[list[bytes]], Awaitable[None] | None]:
+        """``handle`` for one message, turning any error into a counted bad message.
+
+        Whatever a message does, the rest of its batch (other peers' messages) is handled.
+        """
+
+        def guarded(frames: list[bytes]) -> Awaitable[None] | None:
+            try:
+                return handle(frames)
+            except DecodeError as exc:
+                self._bad(who, type(exc).__name__, exc)
+            except Exception as exc:  # a bug or an input we did not foresee: drop, count, go on
+                self._bad(who, f"unhandled {type(exc).__name__}", exc)
+                if self._log_limiter.get(("?", "traceback"), -1e9) < time.monotonic() - 5:
+                    self._log_limiter[("?", "traceback")] = time.monotonic()
+                    log.error("error handling a message from %s", who, exc_info=exc)
+            return None
+
+        return guarded
+
+    def _handle_batch(
+        self, batch: list[list[bytes]], one: Callable[[list[bytes]], Awaitable[None] | None]
+    ) -> Awaitable[None] | None:
+        """Handle messages in order; once one must wait, the rest wait behind it."""
+        for i, frames in enumerate(batch):
+            pending = one(frames)
+            if pending is not None:
+                return _finish_batch(pending, batch, i + 1, one)
+        return None
 
     # ------------------------------------------------------------------ SUB: events and heartbeats
 
     def _on_sub_batch(self, batch: list[list[bytes]]) -> Awaitable[None] | None:
-        for i, frames in enumerate(batch):
-            pending = self._on_sub_message(frames)
-            if pending is not None:
-                return _finish_batch(pending, batch, i + 1, self._on_sub_message)
-        return None
+        return self._handle_batch(batch, self._sub_one)
 
     def _on_sub_message(self, frames: list[bytes]) -> Awaitable[None] | None:
         try:
@@ -693,21 +747,16 @@ class Node:
     # ------------------------------------------------------------------ ROUTER: requests, HELLO
 
     def _on_router_batch(self, batch: list[list[bytes]]) -> None:
-        limits = self._limits
         for frames in batch:
-            ident = frames[0]
-            body = frames[1:]
-            try:
-                check_frames(body, limits)
-                topic = split_topic(body[0])
-                header = decode_header(body[1], limits)
-            except DecodeError as exc:
-                self._bad(f"router:{ident.hex()}", type(exc).__name__, exc)
-                continue
-            try:
-                self._on_router(ident, topic, header, body)
-            except DecodeError as exc:
-                self._bad(header.source, type(exc).__name__, exc)
+            self._router_one(frames)
+
+    def _on_router_message(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        body = frames[1:]
+        check_frames(body, self._limits)
+        topic = split_topic(body[0])
+        header = decode_header(body[1], self._limits)
+        self._on_router(ident, topic, header, body)
 
     def _on_router(self, ident: bytes, topic: str, header: Header, body: list[bytes]) -> None:
         kind = header.kind
@@ -727,6 +776,13 @@ class Node:
 
     async def _serve(self, ident: bytes, topic: str, header: Header, payload: bytes) -> None:
         ok, data, flags = await self._cb.serve(topic, header, payload)
+        tframe = topic_frame(topic)
+        limit = self._limits.max_message_bytes - len(tframe) - _REPLY_HEADER_ROOM
+        if len(data) > limit:
+            # The asker would drop it unread (and lose its connection): tell it instead.
+            why = f"the reply of {len(data)} bytes is over the {limit} bytes peers accept"
+            ok, flags = False, 0
+            data = pack_control({"type": "MessageTooLarge", "message": why})
         reply = encode_header(
             Kind.REPLY,
             self.node_id,
@@ -738,7 +794,7 @@ class Node:
             content_type=None if ok else "frys/error",
             correlation_id=header.correlation_id,
         )
-        self._reply(ident, topic_frame(topic), reply, data)
+        self._reply(ident, tframe, reply, data)
 
     def _serve_hello(self, ident: bytes, header: Header, payload: bytes) -> None:
         body = unpack_control(payload, self._limits)
@@ -772,19 +828,7 @@ class Node:
         if "error" in reply_body:
             return
         # A peer that found us first (static discovery) tells us where it is.
-        try:
-            ann = Announcement(
-                header.source,
-                str(cluster),
-                str(body["addr"]),
-                int(body["pub"]),
-                int(body["rtr"]),
-                int(body.get("v", 0)),
-                header.incarnation,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DecodeError(f"HELLO body incomplete: {exc}") from exc
-        self.consider(ann)
+        self.consider(_announced(header, body, "HELLO"))
 
     def oldest_available(self) -> int:
         """Lowest seq this node can still replay."""
@@ -796,13 +840,18 @@ class Node:
         first, last, runs = _parse_nack(unpack_control(payload, self._limits))
         last = min(last, self.sent_seq, first + _timing.NACK_MAX_RANGE - 1)
         oldest = self.oldest_available()
-        for lo, hi in runs if runs is not None else [(first, last)]:
-            if not self._replay(ident, max(lo, first, oldest), min(hi, last)):
+        # Clipped and merged, so one NACK replays each seq of one window at most once, however
+        # its runs overlap: a NACK can never ask for more than NACK_MAX_RANGE events.
+        wanted = [(first, last)] if runs is None else runs
+        sent_upto = first - 1  # every asked-for seq up to here went out
+        for lo, hi in _merge_runs(wanted, max(first, oldest), last):
+            if not self._replay(ident, lo, hi):
                 break  # the peer's queue is full; it will ask again
+            sent_upto = hi
         end = encode_header(
             Kind.REPLAY_END, self.node_id, self.incarnation, self.sent_seq, time.time_ns()
         )
-        self._reply(ident, _CTL_FRAME, end, pack_control([first, last, oldest]))
+        self._reply(ident, _CTL_FRAME, end, pack_control([first, last, oldest, sent_upto]))
 
     def _replay(self, ident: bytes, seq: int, last: int) -> bool:
         """Send ``seq..last`` from the ring, or the log when the ring is past them."""
@@ -818,7 +867,7 @@ class Node:
             frames = self._ring.get(seq)
             seq += 1
             if frames is None:
-                continue
+                return False  # not held after all (the ring started over): not sent
             if not self._reply(ident, *frames):
                 return False
             self.stats.replays_served += 1
@@ -874,43 +923,46 @@ class Node:
             self._send_link(link, _CTL_FRAME, hdr, b"")
 
     def _on_link_batch(self, link: _Link, batch: list[list[bytes]]) -> Awaitable[None] | None:
-        def one(frames: list[bytes]) -> Awaitable[None] | None:
-            return self._on_link_message(link, frames)
-
-        for i, frames in enumerate(batch):
-            pending = one(frames)
-            if pending is not None:
-                return _finish_batch(pending, batch, i + 1, one)
-        return None
+        if link.guarded is None:
+            link.guarded = self._guard(
+                f"link {link.endpoint}", lambda frames: self._on_link_message(link, frames)
+            )
+        return self._handle_batch(batch, link.guarded)
 
     def _on_link_message(self, link: _Link, frames: list[bytes]) -> Awaitable[None] | None:
-        try:
-            check_frames(frames, self._limits)
-            topic = split_topic(frames[0])
-            header = decode_header(frames[1], self._limits)
-        except DecodeError as exc:
-            self._bad(f"dealer:{link.endpoint}", type(exc).__name__, exc)
+        check_frames(frames, self._limits)
+        topic = split_topic(frames[0])
+        header = decode_header(frames[1], self._limits)
+        kind = header.kind
+        if kind == Kind.HELLO_REPLY:
+            if link.node_id is not None and header.source != link.node_id:
+                self._bad(header.source, "HELLO reply for another node's link")
+                return None
+            self._on_hello_reply(link, header, frames[2])
             return None
-        try:
-            kind = header.kind
-            if kind == Kind.EVENT:  # a replayed event
-                return self._on_event(topic, header, frames, replayed=True)
-            if kind == Kind.REPLAY_END:
-                self._on_replay_end(header, frames[2])
-            elif kind == Kind.REPLY:
-                self._on_reply(header, frames[2])
-            elif kind == Kind.HELLO_REPLY:
-                self._on_hello_reply(link, header, frames[2])
-            else:
-                self._bad(header.source, f"kind {kind} on DEALER")
-        except DecodeError as exc:
-            self._bad(header.source, type(exc).__name__, exc)
+        # We dialled this endpoint and its HELLO reply named the node: whatever else comes
+        # back on the link must be that node's. Another peer cannot answer in its name.
+        if link.node_id is None or header.source != link.node_id:
+            self._bad(header.source, "source does not match its link")
+            return None
+        if kind == Kind.EVENT:  # a replayed event
+            return self._on_event(topic, header, frames, replayed=True)
+        if kind == Kind.REPLAY_END:
+            self._on_replay_end(header, frames[2])
+        elif kind == Kind.REPLY:
+            self._on_reply(header, frames[2])
+        else:
+            self._bad(header.source, f"kind {kind} on DEALER")
         return None
 
     def _on_reply(self, header: Header, payload: bytes) -> None:
-        fut = self._pending.get(header.correlation_id or "")
+        corr = header.correlation_id or ""
+        fut = self._pending.get(corr)
         if fut is None or fut.done():
             self.stats.late_replies += 1
+            return
+        if self._pending_peer.get(corr) != header.source:
+            self._bad(header.source, "reply from a node that was not asked")
             return
         fut.set_result((header, payload))
 
@@ -923,19 +975,11 @@ class Node:
             return
         if body.get("cluster") != self.config.cluster or header.source == self.node_id:
             return
-        try:
-            served = frozenset(s for s in body.get("served", []) if isinstance(s, str))
-            ann = Announcement(
-                header.source,
-                self.config.cluster,
-                str(body["addr"]),
-                int(body["pub"]),
-                int(body["rtr"]),
-                int(body["v"]),
-                header.incarnation,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DecodeError(f"HELLO reply incomplete: {exc}") from exc
+        ann = _announced(header, body, "HELLO reply")
+        served_list = body.get("served", [])
+        if not isinstance(served_list, list):
+            raise DecodeError("HELLO reply: served must be a list")
+        served = frozenset(s for s in served_list if isinstance(s, str))
         if ann.version // 100 != PROTOCOL_VERSION // 100:
             return
         old = self.peers.get(ann.node_id)
@@ -1031,13 +1075,22 @@ class Node:
 
     def _on_replay_end(self, header: Header, payload: bytes) -> None:
         body = unpack_control(payload, self._limits)
-        if not (isinstance(body, list) and len(body) == 3 and all(type(x) is int for x in body)):
-            raise DecodeError("REPLAY_END body must be [first, last, oldest]")
+        if not (
+            isinstance(body, list) and len(body) in (3, 4) and all(type(x) is int for x in body)
+        ):
+            raise DecodeError("REPLAY_END body must be [first, last, oldest, sent_upto?]")
         stream = self._streams.get(header.source)
         if stream is None or stream.incarnation != header.incarnation:
             return
-        stream.tracker.observe_last(header.seq)
-        gap = stream.tracker.replay_done(body[0], body[1], body[2])
+        tracker = stream.tracker
+        # The publisher itself says how far its stream goes: seqs claimed beyond that (a
+        # forged event or heartbeat) never existed, and must not be waited for.
+        dropped = tracker.cap_last(header.seq)
+        if dropped:
+            self._bad(header.source, "seq beyond the publisher's own last seq")
+        tracker.observe_last(header.seq)
+        sent_upto = body[3] if len(body) == 4 else None
+        gap = tracker.replay_done(body[0], body[1], body[2], sent_upto)
         if gap is not None:
             self._report_gap(header.source, stream, gap)
         self._repair(header.source, stream)  # the next window, if there is one
@@ -1229,6 +1282,36 @@ class _Started:
 
 async def _resume(coro: Coroutine[Any, Any, Any], value: Any) -> Any:
     return await _Started(coro, value)
+
+
+def _announced(header: Header, body: dict[str, Any], what: str) -> Announcement:
+    """The announcement in a HELLO (or its reply) body, checked; raises DecodeError."""
+    addr, pub, rtr, version = body.get("addr"), body.get("pub"), body.get("rtr"), body.get("v")
+    cluster = body.get("cluster")
+    if not (isinstance(addr, str) and isinstance(cluster, str) and type(version) is int):
+        raise DecodeError(f"{what}: addr, cluster and v must be a str, a str and an int")
+    if not (type(pub) is int and type(rtr) is int and 0 < pub < 65536 and 0 < rtr < 65536):
+        raise DecodeError(f"{what}: ports must be integers 1..65535, got {pub!r} and {rtr!r}")
+    try:
+        ipaddress.IPv4Address(addr)
+        validate_name(cluster, "cluster")
+    except (ValueError, ConfigError) as exc:
+        raise DecodeError(f"{what}: {exc}") from exc
+    return Announcement(header.source, cluster, addr, pub, rtr, version, header.incarnation)
+
+
+def _merge_runs(runs: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """``runs`` clipped to ``lo..hi``, sorted and merged: each seq at most once."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in runs):
+        if a > b:
+            continue
+        if merged and a <= merged[-1][1] + 1:
+            if b > merged[-1][1]:
+                merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _parse_nack(body: Any) -> tuple[int, int, list[tuple[int, int]] | None]:

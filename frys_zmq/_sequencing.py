@@ -16,6 +16,9 @@ from . import _timing
 
 __all__ = ["Gap", "Nack", "RetentionRing", "StreamTracker"]
 
+#: Replays that sent a seq which still did not arrive whole before it is declared a gap.
+_UNDELIVERABLE_AFTER = 2
+
 T = TypeVar("T")
 
 
@@ -47,6 +50,7 @@ class StreamTracker(Generic[T]):
         "_nack_deadline",
         "_outstanding",
         "_pending",
+        "_sent_missing",
         "duplicates",
         "gaps",
         "known_last",
@@ -71,6 +75,8 @@ class StreamTracker(Generic[T]):
         self._outstanding: Nack | None = None
         self._nack_deadline = 0.0
         self._attempts = 0
+        # (seq, rounds): the first missing seq and how many replays said it was sent.
+        self._sent_missing = (0, 0)
         self.duplicates = 0
         self.gaps = 0
         self.repaired = 0
@@ -165,11 +171,16 @@ class StreamTracker(Generic[T]):
         self._nack_deadline = now + timeout * min(2**self._attempts, _timing.NACK_MAX_BACKOFF)
         return nack
 
-    def replay_done(self, first: int, last: int, oldest_available: int) -> Gap | None:
+    def replay_done(
+        self, first: int, last: int, oldest_available: int, sent_upto: int | None = None
+    ) -> Gap | None:
         """The publisher has answered a NACK for ``first..last``.
 
         Sequence numbers below ``oldest_available`` are gone from its ring and log; if the
-        stream still waits for one of them, that range is a gap.
+        stream still waits for one of them, that range is a gap. ``sent_upto`` says the
+        publisher did send every asked-for seq up to there: one still missing after it was
+        sent twice arrived in a form this node cannot take (it does not decode here, say),
+        and waiting for it would stall the stream for good, so it becomes a gap too.
         """
         if self._outstanding is not None and self._outstanding.first == first:
             self._outstanding = None
@@ -180,7 +191,29 @@ class StreamTracker(Generic[T]):
                 min(oldest_available - 1, self._missing_end()),
                 "no longer retained by the publisher",
             )
+        if sent_upto is not None and first <= self.next_seq <= sent_upto:
+            if self._sent_missing[0] == self.next_seq:
+                self._sent_missing = (self.next_seq, self._sent_missing[1] + 1)
+            else:
+                self._sent_missing = (self.next_seq, 1)
+            if self._sent_missing[1] >= _UNDELIVERABLE_AFTER:
+                seq = self.next_seq
+                return Gap(seq, seq, "sent by the publisher, undeliverable here")
         return None
+
+    def cap_last(self, last_seq: int) -> int:
+        """The publisher's own word is that it has sent nothing after ``last_seq``.
+
+        Forget claims beyond it (held events, a higher ``known_last``); returns how many held
+        events were dropped.
+        """
+        if self.known_last <= last_seq:
+            return 0
+        self.known_last = max(last_seq, self.next_seq - 1)
+        beyond = [seq for seq in self._pending if seq > last_seq]
+        for seq in beyond:
+            del self._pending[seq]
+        return len(beyond)
 
     def skip(self, gap: Gap) -> list[T]:
         """Give up on ``gap``: move past it and return what became deliverable."""

@@ -25,6 +25,8 @@ NACK_MAX_RANGE: Final = 2048
 REQUEST_TIMEOUT: Final = 5.0
 #: Seconds the zeroconf service lookup may take for one announced peer.
 MDNS_LOOKUP_TIMEOUT: Final = 3.0
+#: A bad message is logged at most once per peer and reason in this many seconds.
+BAD_LOG_INTERVAL: Final = 5.0
 #: How often the maintenance loop looks at peers and repair timers.
 MAINTENANCE_INTERVAL: Final = 0.1
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgpack
 import msgspec
 
-from ._codec import ext_hook, packb
+from ._codec import ext_from_bytes, ext_from_view, packb
 from ._errors import BadFrame, DecodeError, MessageTooLarge, UnknownProtocolVersion
 from ._limits import Limits
 
@@ -117,7 +117,7 @@ def encode_header(
         reply_to,
         trace,
     )
-    if metadata is None or _plain_metadata(metadata):
+    if metadata is None or plain_metadata(metadata):
         # msgspec packs plain values the same way as the codec, about three times faster.
         try:
             return _encode_fast(fields)
@@ -131,7 +131,7 @@ def encode_header(
 _PLAIN_TYPES: Final = frozenset((str, int, float, bool, type(None), bytes))
 
 
-def _plain_metadata(metadata: Mapping[str, Any]) -> bool:
+def plain_metadata(metadata: Mapping[str, Any]) -> bool:
     """Whether every key is a str and every value a plain scalar (no datetime, no container)."""
     plain = _PLAIN_TYPES
     for key, value in metadata.items():
@@ -170,11 +170,14 @@ def _decode_header_checked(data: bytes, limits: Limits) -> Header:
             use_list=True,
             raw=False,
             strict_map_key=True,
+            # As loose as the typed path: the header's size bounds every length in it.
             max_str_len=limits.max_header_bytes,
             max_bin_len=limits.max_header_bytes,
-            max_array_len=4096,
-            max_map_len=4096,
+            max_array_len=limits.max_header_bytes,
+            max_map_len=limits.max_header_bytes // 2,
             max_ext_len=limits.max_header_bytes,
+            ext_hook=ext_from_bytes,
+            timestamp=3,
         )
     except _MSGPACK_ERRORS as exc:  # ExtraData, FormatError, StackError, limits: ValueErrors
         raise DecodeError(f"header is not valid MessagePack: {exc!r}") from exc
@@ -239,7 +242,7 @@ def _decode_header_checked(data: bytes, limits: Limits) -> Header:
     )
 
 
-_decode_typed = msgspec.msgpack.Decoder(Header, ext_hook=ext_hook).decode
+_decode_typed = msgspec.msgpack.Decoder(Header, ext_hook=ext_from_view).decode
 _encode_fast = msgspec.msgpack.Encoder().encode
 
 
@@ -322,6 +325,7 @@ __all__ += [
     "check_frames",
     "pack_batch",
     "pack_control",
+    "plain_metadata",
     "unpack_batch",
     "unpack_control",
 ]

@@ -262,6 +262,55 @@ def test_replay_done_for_a_range_below_next_seq_is_not_a_gap() -> None:
     assert tracker.replay_done(1, 5, oldest_available=50) is None
 
 
+def test_a_seq_the_publisher_sent_twice_without_it_arriving_becomes_a_gap() -> None:
+    # E.g. an event whose header this node cannot decode: waiting for it would stall the
+    # stream for good, every NACK answered with the same undeliverable copy.
+    tracker: StreamTracker[int] = StreamTracker(1)
+    offer_all(tracker, [1, 3, 4])
+    assert tracker.replay_done(2, 4, oldest_available=1, sent_upto=2) is None
+    gap = tracker.replay_done(2, 4, oldest_available=1, sent_upto=2)
+    assert gap == Gap(2, 2, "sent by the publisher, undeliverable here")
+    assert tracker.skip(gap) == [3, 4]
+
+
+def test_a_replay_that_did_not_reach_the_missing_seq_is_not_a_gap() -> None:
+    tracker: StreamTracker[int] = StreamTracker(1)
+    offer_all(tracker, [1, 5])
+    for _ in range(5):  # the publisher's queue was full: it stopped before seq 2
+        assert tracker.replay_done(2, 4, oldest_available=1, sent_upto=1) is None
+    assert tracker.replay_done(2, 4, oldest_available=1) is None  # an older publisher
+
+
+def test_progress_between_replays_restarts_the_undeliverable_count() -> None:
+    tracker: StreamTracker[int] = StreamTracker(1)
+    offer_all(tracker, [1, 4])
+    assert tracker.replay_done(2, 3, oldest_available=1, sent_upto=3) is None
+    tracker.offer(2, 2, replayed=True)
+    assert tracker.replay_done(3, 3, oldest_available=1, sent_upto=3) is None
+    assert tracker.replay_done(3, 3, oldest_available=1, sent_upto=3) == Gap(
+        3, 3, "sent by the publisher, undeliverable here"
+    )
+
+
+def test_the_publishers_own_last_seq_caps_claims_beyond_it() -> None:
+    # A forged event or heartbeat from "the publisher" claimed a far later seq.
+    tracker: StreamTracker[int] = StreamTracker(1)
+    offer_all(tracker, [1, 2**63])
+    tracker.observe_last(2**63 + 5)
+    assert tracker.in_gap
+    assert tracker.cap_last(1) == 1  # the held forgery is dropped
+    assert not tracker.in_gap
+    assert tracker.poll(0.0) is None
+    assert tracker.offer(2, 2) == [2]
+
+
+def test_capping_at_or_above_the_known_last_changes_nothing() -> None:
+    tracker: StreamTracker[int] = StreamTracker(1)
+    offer_all(tracker, [1, 3])
+    assert tracker.cap_last(3) == 0
+    assert tracker.known_last == 3 and tracker.pending == 1
+
+
 def test_skip_releases_the_events_held_behind_the_gap() -> None:
     tracker: StreamTracker[int] = StreamTracker(1)
     offer_all(tracker, [1, 4, 5, 7])

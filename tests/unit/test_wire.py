@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import msgpack
@@ -20,7 +21,7 @@ from frys_zmq._errors import (
     UnknownProtocolVersion,
 )
 from frys_zmq._limits import DEFAULT_LIMITS, Limits
-from frys_zmq._node import _parse_nack
+from frys_zmq._node import _merge_runs, _parse_nack
 from frys_zmq._topics import MAX_TOPIC_BYTES
 from frys_zmq._wire import (
     PROTOCOL_MAJOR,
@@ -543,3 +544,30 @@ def test_parsing_any_control_value_as_a_nack_raises_only_decode_errors(body: Any
     assert type(first) is int
     assert type(last) is int
     assert runs is None or all(type(lo) is int and type(hi) is int for lo, hi in runs)
+
+
+# ---------------------------------------------------------------- NACK runs as served
+
+
+def test_overlapping_nack_runs_are_merged_so_each_seq_is_replayed_once() -> None:
+    # 2,048 copies of the whole window must not make 2,048 replays of it.
+    runs = [(1, 2048)] * 2048
+    assert _merge_runs(runs, 1, 2048) == [(1, 2048)]
+
+
+def test_nack_runs_are_clipped_to_the_window_sorted_and_joined() -> None:
+    runs = [(9, 12), (-5, 2), (4, 4), (5, 6), (30, 40), (11, 20)]
+    assert _merge_runs(runs, 1, 25) == [(1, 2), (4, 6), (9, 20)]
+    assert _merge_runs([(7, 3), (50, 60)], 1, 25) == []
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(-10, 60), st.integers(-10, 60)), max_size=30))
+def test_merged_nack_runs_cover_exactly_the_asked_seqs_in_the_window(
+    runs: list[tuple[int, int]],
+) -> None:
+    merged = _merge_runs(runs, 1, 50)
+    covered = [seq for lo, hi in merged for seq in range(lo, hi + 1)]
+    asked = sorted({seq for lo, hi in runs for seq in range(max(lo, 1), min(hi, 50) + 1)})
+    assert covered == asked
+    assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(merged))
