@@ -27,6 +27,9 @@ class Limits:
     max_blob_len: int = 64 * MiB
     #: Largest header frame.
     max_header_bytes: int = 64 * 1024
+    #: Most bytes of one publisher's events held back while an earlier gap is repaired; past
+    #: it, later events are dropped and asked for again once the gap is filled.
+    max_held_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -103,8 +103,13 @@ class _Link:
     static: bool = False
     reader: SocketReader | None = None
     guarded: Callable[[list[bytes]], Awaitable[None] | None] | None = None
-    #: HELLOs sent since the link last had a node (unanswered ones retire a found link).
+    #: HELLOs sent since the link last had a node; they back off, up to HELLO_RETRY_MAX.
     hellos: int = 0
+    #: When the link last had a node (or was made): a found link that has gone unanswered
+    #: for LINK_GIVE_UP is closed; a static one is probed for ever.
+    answered_at: float = 0.0
+    #: The node this endpoint belonged to last, while it is probed for that node's return.
+    last_node: str | None = None
 
 
 @dataclass(slots=True)
@@ -158,7 +163,8 @@ class Node:
         self._batch_bytes = min(_timing.BATCH_BYTES, self._limits.max_message_bytes // 2)
         self._batch_single_max = min(_timing.BATCH_SINGLE_MAX, self._batch_bytes)
         #: Where to resume a durable publisher's stream after it restarted (by node id).
-        self._resume: dict[str, int] = {}
+        #: Where to resume a peer's stream should it come back: (incarnation, next seq).
+        self._resume: dict[str, tuple[int, int]] = {}
         self.peers = PeerTable(
             heartbeat_interval=config.heartbeat_interval,
             ttl=config.peer_ttl,
@@ -169,6 +175,8 @@ class Node:
         )
         self._streams: dict[str, _Stream] = {}
         self._links: dict[str, _Link] = {}  # by ROUTER endpoint
+        #: A SUB socket and its reader per peer whose stream we read, by node id.
+        self._subs: dict[str, tuple[zmq.Socket[bytes], SocketReader]] = {}
         self._served: set[str] = set()
         self._pending: dict[str, asyncio.Future[tuple[Header, bytes]]] = {}
         self._pending_peer: dict[str, str] = {}  # correlation id -> node asked
@@ -211,16 +219,12 @@ class Node:
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._router.setsockopt(zmq.LINGER, 200)
             self.router_port = self._bind(self._router, cfg.router_port)
-            self._sub = self._socket(zmq.SUB)
-            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         except zmq.ZMQError as exc:
             self._ctx.destroy(linger=0)
             raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
         if cfg.interface is None:
             self.address = _primary_address()
-        self._sub_one = self._guard("sub", self._on_sub_message)
         self._router_one = self._guard("router", self._on_router_message)
-        self._sub_reader = SocketReader(self._sub, self._on_sub_batch)
         self._router_reader = SocketReader(self._router, self._on_router_batch, 256)
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._maintenance_loop(), "maintenance")
@@ -232,7 +236,7 @@ class Node:
             self._discovery = MdnsDiscovery(
                 interface=cfg.interface,
                 on_found=self.consider,
-                on_removed=None,
+                on_removed=lambda node_id, cluster: self.forget_link_of(node_id),
                 cluster=cfg.cluster,
             )
             try:
@@ -260,7 +264,8 @@ class Node:
             log.debug("BYE not sent", exc_info=True)
         if self._discovery is not None:
             await self._discovery.aclose()
-        self._sub_reader.close()
+        for node_id in list(self._subs):
+            self._close_sub(node_id)
         self._router_reader.close()
         for link in self._links.values():
             if link.reader is not None:
@@ -275,7 +280,7 @@ class Node:
         for link in self._links.values():
             link.socket.close(linger=0)
         self._links.clear()
-        for sock in (self._sub, self._router, self._pub):
+        for sock in (self._router, self._pub):
             sock.close()
         if self.log is not None:
             await self.log.aclose()
@@ -587,16 +592,35 @@ class Node:
 
     # ------------------------------------------------------------------ SUB: events and heartbeats
 
-    def _on_sub_batch(self, batch: list[list[bytes]]) -> Awaitable[None] | None:
-        return self._handle_batch(batch, self._sub_one)
+    def _open_sub(self, peer: PeerInfo) -> None:
+        """A SUB socket of our own for ``peer``'s PUB: what arrives on it is ``peer``'s.
 
-    def _on_sub_message(self, frames: list[bytes]) -> Awaitable[None] | None:
-        try:
-            check_frames(frames, self._limits)
-            topic = split_topic(frames[0])
-            header = decode_header(frames[1], self._limits)
-        except DecodeError as exc:
-            self._bad("sub", type(exc).__name__, exc)
+        One socket per publisher is what lets a node tell who sent an event or heartbeat:
+        on a shared SUB, any peer could publish in another's name (events with its next
+        seq, heartbeats of another incarnation, a BYE).
+        """
+        self._close_sub(peer.node_id)
+        node_id = peer.node_id
+        sock = self._socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(peer.pub_endpoint)
+        one = self._guard(f"sub {node_id}", lambda frames: self._on_sub_message(frames, node_id))
+        reader = SocketReader(sock, lambda batch: self._handle_batch(batch, one))
+        self._subs[node_id] = (sock, reader)
+
+    def _close_sub(self, node_id: str) -> None:
+        entry = self._subs.pop(node_id, None)
+        if entry is not None:
+            sock, reader = entry
+            reader.close()
+            sock.close(linger=0)
+
+    def _on_sub_message(self, frames: list[bytes], publisher: str) -> Awaitable[None] | None:
+        check_frames(frames, self._limits)
+        topic = split_topic(frames[0])
+        header = decode_header(frames[1], self._limits)
+        if header.source != publisher:
+            self._bad(publisher, "source does not match its stream")
             return None
         kind = header.kind
         if kind == Kind.EVENT:
@@ -667,7 +691,12 @@ class Node:
         tracker = stream.tracker
         if replayed:
             tracker.progress(time.monotonic())
-        ready = tracker.offer(header.seq, (frames[0], frames[1], frames[2]), replayed=replayed)
+        ready = tracker.offer(
+            header.seq,
+            (frames[0], frames[1], frames[2]),
+            replayed=replayed,
+            size=len(frames[1]) + len(frames[2]),
+        )
         if not ready:
             if not tracker.repairing and tracker.in_gap:
                 self._repair(header.source, stream)  # ask at once, not at the next tick
@@ -713,8 +742,11 @@ class Node:
         if peer is None:
             return
         if peer.incarnation != header.incarnation:
-            # Same id, new process on the same endpoint (fixed ports): start over.
-            self._drop_peer(peer, "restarted")
+            # Same id, new process on the same endpoint (fixed ports), or someone pretending:
+            # ask the endpoint. Its HELLO reply replaces the peer if it really restarted.
+            link = self._link_of(peer.node_id)
+            if link is not None and time.monotonic() - link.hello_at > _timing.HELLO_RETRY:
+                self._send_hello(link)
             return
         try:
             body = unpack_control(payload, self._limits)
@@ -880,8 +912,13 @@ class Node:
         if link is not None:
             return link
         sock = self._socket(zmq.DEALER)
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(f"cannot connect to {endpoint!r}: {exc}") from exc
         link = _Link(endpoint, sock, node_id=node_id, static=static)
+        link.answered_at = time.monotonic()
         self._links[endpoint] = link
         link.reader = SocketReader(sock, lambda batch: self._on_link_batch(link, batch), 256)
         self._send_hello(link)
@@ -901,6 +938,7 @@ class Node:
 
     def _send_hello(self, link: _Link) -> None:
         link.hello_at = time.monotonic()
+        link.hellos += 1
         hdr = encode_header(Kind.HELLO, self.node_id, self.incarnation, self.seq, time.time_ns())
         body = pack_control(
             {
@@ -990,6 +1028,7 @@ class Node:
                 self._drop_peer(old, "restarted", keep_link=link)
         link.node_id = ann.node_id
         now = time.monotonic()
+        link.answered_at, link.hellos, link.last_node = now, 0, None
         peer = PeerInfo(
             node_id=ann.node_id,
             cluster=ann.cluster,
@@ -1010,8 +1049,7 @@ class Node:
         self._streams[ann.node_id] = self._new_stream(
             peer, header.seq, inc_first if type(inc_first) is int else None
         )
-        self._sub.connect(peer.pub_endpoint)
-        self._sub_reader.touch()
+        self._open_sub(peer)
         self._peer_change.set()
         self._cb.system("$frys.peer.joined", _peer_dict(peer))
 
@@ -1021,34 +1059,40 @@ class Node:
         Just after ``hello_seq`` when the publisher was running before this node started.
         A publisher that started after this node is read from the first event of its
         incarnation (``inc_first``), so nothing it published before the two met is missed.
-        A durable publisher is read from earlier when this node was reading it before it
-        restarted (``_resume``), or when a durable subscription has handled it only up to
-        some seq: that range is replayed from its log.
+        A publisher this node was reading before it left is read on from where it was
+        (``_resume``): a durable one (any incarnation: its seqs survive restarts, and the gap
+        is replayed from its log) or the same process back after a stall. A durable publisher
+        is also read from earlier when a durable subscription has handled it only up to some
+        seq: that range is replayed from its log.
         """
         start = hello_seq + 1
         history_until = hello_seq
         if inc_first is not None and peer.incarnation > self.incarnation and inc_first < start:
             start = inc_first
             history_until = inc_first - 1
-        if peer.durable:
-            resume = self._resume.pop(peer.node_id, None)
-            if resume is not None:
-                if resume > start:
-                    log.warning(
-                        "%s came back at seq %d, behind the %d we had: its log lost records",
-                        peer.node_id,
-                        hello_seq,
-                        resume - 1,
-                    )
-                else:
-                    start = resume
-                    history_until = resume - 1
+        remembered = self._resume.pop(peer.node_id, None)
+        if remembered is not None and (peer.durable or remembered[0] == peer.incarnation):
+            # The same sequence space as before it left: read on from where we were.
+            resume = remembered[1]
+            if resume <= start:
+                start = resume
+                history_until = resume - 1
+            elif peer.durable:
+                log.warning(
+                    "%s came back at seq %d, behind the %d we had: its log lost records",
+                    peer.node_id,
+                    hello_seq,
+                    resume - 1,
+                )
         floor = self._cb.durable_floor(peer.node_id, peer.incarnation, peer.durable)
         if floor is not None and floor + 1 < start:
             start = floor + 1
-        tracker: StreamTracker[Frames] = StreamTracker(start)
+        tracker = self._tracker(start)
         tracker.observe_last(hello_seq)
         return _Stream(peer.incarnation, tracker, peer.durable, history_until)
+
+    def _tracker(self, next_seq: int) -> StreamTracker[Frames]:
+        return StreamTracker(next_seq, max_pending_bytes=self._limits.max_held_bytes)
 
     def rewind(self, source: str, next_seq: int) -> None:
         """Re-read ``source`` from ``next_seq`` for a durable subscription created late.
@@ -1061,7 +1105,7 @@ class Node:
             return
         old = stream.tracker
         stream.history_until = max(stream.history_until, old.next_seq - 1)
-        stream.tracker = StreamTracker(next_seq)
+        stream.tracker = self._tracker(next_seq)
         stream.tracker.observe_last(old.known_last)
 
     def is_durable(self, source: str) -> bool:
@@ -1108,12 +1152,25 @@ class Node:
                 return
             if ann.incarnation < peer.incarnation:
                 return  # a stale announcement of an older process
-            self._drop_peer(peer, "restarted")
+            # A new incarnation, or someone claiming one: the HELLO reply from the announced
+            # endpoint decides (_on_hello_reply replaces the peer), not the claim itself.
         link = self._links.get(endpoint)
         if link is not None and link.node_id not in (None, ann.node_id):
+            if self.peers.get(link.node_id) is not None:
+                return  # a live peer answers there: the announcement is stale or false
             self._close_link(link)  # the endpoint now belongs to someone else
             link = None
         if link is None:
+            unknown = [
+                other
+                for other in self._links.values()
+                if other.node_id is None and not other.static
+            ]
+            if len(unknown) >= _timing.MAX_UNKNOWN_LINKS:
+                # A flood of announcements (true or not) must not lock real peers out: the
+                # one that has waited longest for an answer makes room.
+                self._bad(ann.node_id, "too many unanswered peers")
+                self._close_link(min(unknown, key=lambda other: other.answered_at))
             self._link(endpoint, node_id=None)
         else:
             self._send_hello(link)
@@ -1123,20 +1180,25 @@ class Node:
         stream = self._streams.pop(peer.node_id, None)
         if stream is not None and stream.durable:
             # Nothing is lost yet: it is in the publisher's log. Resume there if it returns.
-            self._resume[peer.node_id] = stream.tracker.next_seq
+            self._remember_resume(peer.node_id, stream.incarnation, stream.tracker.next_seq)
         elif stream is not None:
+            # What is known missing now is reported lost; should the same process come back
+            # (it only stalled), its stream resumes after that, repairing what it sent since.
             gap = stream.tracker.abandon()
             if gap is not None:
                 self._report_gap(peer.node_id, stream, gap)
-        with contextlib.suppress(zmq.ZMQError):
-            self._sub.disconnect(peer.pub_endpoint)
-        self._sub_reader.touch()
+            tracker = stream.tracker
+            resume = max(tracker.next_seq, tracker.known_last + 1)
+            self._remember_resume(peer.node_id, stream.incarnation, resume)
+        self._close_sub(peer.node_id)
         link = self._link_of(peer.node_id)
         if link is not None and link is not keep_link:
-            if link.static:
-                link.node_id = None  # keep probing a static endpoint
-            else:
-                self._close_link(link)
+            # Keep asking: a peer that stalled past its ttl (or was falsely said to leave)
+            # answers again when it can, and nothing else would tell us it is back.
+            link.node_id = None
+            link.last_node = peer.node_id
+            link.hellos = 0
+            link.answered_at = time.monotonic()
         # Requests waiting on this peer will not be answered: fail them now, not at timeout.
         for corr, target in list(self._pending_peer.items()):
             fut = self._pending.get(corr)
@@ -1146,6 +1208,19 @@ class Node:
         info = _peer_dict(peer)
         info["reason"] = reason
         self._cb.system("$frys.peer.left", info)
+
+    def _remember_resume(self, node_id: str, incarnation: int, next_seq: int) -> None:
+        if len(self._resume) >= _timing.MAX_REMEMBERED_STREAMS:
+            self._resume.pop(next(iter(self._resume)))  # the oldest
+        self._resume[node_id] = (incarnation, next_seq)
+
+    def forget_link_of(self, node_id: str) -> None:
+        """mDNS says ``node_id`` is gone: stop probing its old endpoint (unless static)."""
+        if self.peers.get(node_id) is not None:
+            return
+        for link in list(self._links.values()):
+            if link.node_id is None and link.last_node == node_id and not link.static:
+                self._close_link(link)
 
     def _report_gap(self, source: str, stream: _Stream, gap: Gap) -> None:
         lost_before = stream.tracker.gaps
@@ -1202,7 +1277,17 @@ class Node:
                 for source, stream in list(self._streams.items()):
                     self._repair(source, stream, now)
             for link in list(self._links.values()):
-                if link.node_id is None and now - link.hello_at > _timing.HELLO_RETRY:
+                if link.node_id is not None:
+                    continue
+                # An endpoint we knew a node at is probed long (it may only have stalled);
+                # one that never answered (a stale or false announcement) only briefly.
+                give_up = _timing.LINK_GIVE_UP if link.last_node else _timing.NEW_LINK_GIVE_UP
+                if not link.static and now - link.answered_at > give_up:
+                    self._close_link(link)
+                    continue
+                backoff = _timing.HELLO_RETRY * 2 ** min(max(link.hellos - 1, 0), 8)
+                wait = min(backoff, _timing.HELLO_RETRY_MAX)
+                if now - link.hello_at > wait:
                     self._send_hello(link)
 
     def _repair(self, source: str, stream: _Stream, now: float | None = None) -> None:

@@ -46,11 +46,14 @@ class StreamTracker(Generic[T]):
     __slots__ = (
         "_attempts",
         "_max_pending",
+        "_max_pending_bytes",
         "_max_range",
         "_nack_deadline",
         "_outstanding",
         "_pending",
+        "_pending_bytes",
         "_sent_missing",
+        "_sizes",
         "duplicates",
         "gaps",
         "known_last",
@@ -63,6 +66,7 @@ class StreamTracker(Generic[T]):
         next_seq: int,
         *,
         max_pending: int = 100_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
         max_range: int = _timing.NACK_MAX_RANGE,
     ) -> None:
         #: The next sequence number that may be delivered.
@@ -70,7 +74,10 @@ class StreamTracker(Generic[T]):
         #: Highest sequence number the publisher is known to have sent.
         self.known_last = next_seq - 1
         self._pending: dict[int, T] = {}
+        self._sizes: dict[int, int] = {}  # bytes of each held event, for the byte bound
+        self._pending_bytes = 0
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
         self._max_range = max_range
         self._outstanding: Nack | None = None
         self._nack_deadline = 0.0
@@ -95,8 +102,8 @@ class StreamTracker(Generic[T]):
         """A NACK is out and not yet answered."""
         return self._outstanding is not None
 
-    def offer(self, seq: int, item: T, *, replayed: bool = False) -> list[T]:
-        """Take one event; return the events now deliverable, in order."""
+    def offer(self, seq: int, item: T, *, replayed: bool = False, size: int = 0) -> list[T]:
+        """Take one event (of ``size`` bytes); return the events now deliverable, in order."""
         if seq == self.next_seq and not self._pending:
             # The common case: in order, nothing held back.
             self.next_seq = seq + 1
@@ -114,8 +121,13 @@ class StreamTracker(Generic[T]):
             self.repaired += 1
         if seq != self.next_seq:
             # Out of order: hold it if there is room; otherwise it is asked for again later.
-            if len(self._pending) < self._max_pending:
+            if (
+                len(self._pending) < self._max_pending
+                and self._pending_bytes + size <= self._max_pending_bytes
+            ):
                 self._pending[seq] = item
+                self._sizes[seq] = size
+                self._pending_bytes += size
             return []
         self.next_seq = seq + 1
         return [item, *self._drain()]
@@ -212,7 +224,7 @@ class StreamTracker(Generic[T]):
         self.known_last = max(last_seq, self.next_seq - 1)
         beyond = [seq for seq in self._pending if seq > last_seq]
         for seq in beyond:
-            del self._pending[seq]
+            self._take(seq)
         return len(beyond)
 
     def skip(self, gap: Gap) -> list[T]:
@@ -223,7 +235,7 @@ class StreamTracker(Generic[T]):
         # Events held back inside the gap did arrive: release them, do not drop them.
         held = sorted(s for s in self._pending if s < end)
         self.gaps += end - self.next_seq - len(held)
-        out = [self._pending.pop(s) for s in held]
+        out = [self._take(s) for s in held]
         self.next_seq = end
         out.extend(self._drain())
         return out
@@ -257,12 +269,17 @@ class StreamTracker(Generic[T]):
                 return nxt - 1
         return self.known_last
 
+    def _take(self, seq: int) -> T:
+        """Remove and return the held event ``seq``."""
+        self._pending_bytes -= self._sizes.pop(seq)
+        return self._pending.pop(seq)
+
     def _drain(self) -> list[T]:
         out: list[T] = []
         pending = self._pending
         seq = self.next_seq
         while seq in pending:
-            out.append(pending.pop(seq))
+            out.append(self._take(seq))
             seq += 1
         self.next_seq = seq
         return out

@@ -10,8 +10,19 @@ HEARTBEAT_INTERVAL: Final = 1.0
 SUSPECT_AFTER_MISSED: Final = 3
 #: Default seconds of silence after which a peer is *expired*.
 PEER_TTL: Final = 5.0
-#: Seconds to wait for a HELLO reply before asking again.
+#: Seconds to wait for a HELLO reply before asking again; it doubles for an endpoint that
+#: keeps not answering, up to HELLO_RETRY_MAX.
 HELLO_RETRY: Final = 0.5
+HELLO_RETRY_MAX: Final = 5.0
+#: A found (not static) endpoint that has not answered a HELLO for this many seconds is
+#: given up: a peer that stalled or was cut off for less than this comes back by itself.
+LINK_GIVE_UP: Final = 120.0
+#: An announced endpoint that has never answered a HELLO is given up after this long.
+NEW_LINK_GIVE_UP: Final = 15.0
+#: Most endpoints a node dials at once without knowing who is there (HELLO unanswered).
+MAX_UNKNOWN_LINKS: Final = 256
+#: Most departed peers whose stream position a node remembers for their return.
+MAX_REMEMBERED_STREAMS: Final = 4096
 #: Seconds an outstanding NACK may stay unanswered before it is sent again. The next NACK
 #: normally goes out as soon as the replay's end marker arrives; this only covers a NACK or
 #: marker that was lost, so it errs long: a short one re-asks a busy publisher for data
