@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._codec import PayloadCodec
-from ._config import EventBusConfig
+from ._config import EventBusConfig, validate_endpoint
 from ._cursors import CursorStore
 from ._dispatch import Dispatcher, Handler, Subscription
 from ._errors import (
@@ -368,45 +368,65 @@ class EventBus:
         sub.durable = name
         node_id = self.node_id
 
-        def handled(cursor: tuple[int, int] | None, event: Event) -> bool:
-            if cursor is None:
-                return False
-            incarnation, seq = cursor
-            same_space = incarnation == event.incarnation or (
-                self._node is not None and self._node.is_durable(event.source)
-            )
-            return same_space and event.seq <= seq
+        def space(source: str) -> int | None:
+            return None if self._node is None else self._node.space_of(source)
 
         def skip(event: Event) -> bool:
-            return event.source != node_id and handled(store.get(event.source), event)
+            # Handled before: a cursor in the same sequence space at or past this seq.
+            if event.source == node_id:
+                return False
+            cursor = store.get(event.source)
+            return (
+                cursor is not None and event.seq <= cursor[1] and cursor[0] == space(event.source)
+            )
 
         def on_handled(event: Event) -> None:
-            if event.source != node_id:
-                store.set(event.source, event.incarnation, event.seq)
+            where = space(event.source)
+            if event.source != node_id and where is not None:
+                store.set(event.source, where, event.seq)
 
         sub.skip = skip
         sub.on_handled = on_handled
         self._durable[name] = (sub, store)
         sub(handler)  # start the worker only now that skip/on_handled are in place
         if self._node is not None:
-            for publisher, (incarnation, seq) in store.all().items():
-                if self._node.can_replay(publisher, incarnation):
+            for publisher, (where, seq) in store.all().items():
+                if self._node.space_of(publisher) == where:
                     self._node.rewind(publisher, seq + 1)
         return sub
 
-    def _durable_floor(self, publisher: str, incarnation: int, durable: bool) -> int | None:
+    def _durable_floor(self, publisher: str, space: int, durable: bool) -> int | None:
         """Lowest seq of ``publisher`` handled by any durable subscription, if any has one.
 
-        Only cursors in the publisher's current sequence space count: any incarnation of a
-        publisher that keeps a log, else only the same incarnation.
+        Only cursors in the publisher's current sequence space count (its log id if it keeps
+        a log, else its incarnation). A cursor in another log of a publisher that keeps one
+        means that log was lost: what came after the cursor is gone (a ``$frys.gap``), and
+        the subscription reads the new log from its start.
         """
-        seqs = [
-            cursor[1]
-            for sub, store in self._durable.values()
-            if not sub.closed
-            and (cursor := store.get(publisher)) is not None
-            and (durable or cursor[0] == incarnation)
-        ]
+        seqs: list[int] = []
+        for sub, store in self._durable.values():
+            cursor = store.get(publisher)
+            if sub.closed or cursor is None:
+                continue
+            if cursor[0] != space and durable:
+                self._system_event(
+                    "$frys.gap",
+                    {
+                        "publisher": publisher,
+                        "first": cursor[1] + 1,
+                        "last": None,
+                        "count": None,
+                        "reason": "the publisher's log was replaced: its later events are lost",
+                        "subscription": sub.durable,
+                    },
+                )
+                if self._node is not None:
+                    self._node.stats.gap_events += 1
+                store.set(publisher, space, 0)
+                cursor = store.get(publisher)
+                assert cursor is not None
+            if cursor[0] == space:
+                seqs.append(cursor[1])
         return min(seqs) if seqs else None
 
     # ------------------------------------------------------------------ request / reply
@@ -763,8 +783,9 @@ class EventBus:
         return [replace(p) for p in ready]
 
     async def connect(self, endpoint: str) -> None:
-        """Add a peer by its ROUTER endpoint (``tcp://host:port``)."""
+        """Add a peer by its ROUTER endpoint (``tcp://host:port``); ConfigError if malformed."""
         self._check_open()
+        validate_endpoint(endpoint)
         if self._node is None:
             raise NotStarted("connect needs enable_distributed=True")
         self._node.connect(endpoint)

@@ -74,6 +74,8 @@ __all__ = ["FsyncPolicy", "LogReader", "LogRecord", "PersistentEventQueue", "Seg
 logger = logging.getLogger(__name__)
 
 MiB: Final = 1024 * 1024
+#: The file in a log directory that holds the log's id (see ``_log_identity``).
+_ID_FILE: Final = "LOG_ID"
 #: How often a queue applies its retention policy, in seconds.
 RETENTION_CHECK_INTERVAL: Final = 60.0
 
@@ -934,6 +936,8 @@ class PersistentEventQueue:
                 f"retention_check_interval must be positive, got {retention_check_interval}"
             )
         self.directory = Path(directory)
+        #: The id of this log's sequence space (known once open; see ``_log_identity``).
+        self.log_id = 0
         self._max_file_size = max_file_size
         self._fsync_interval = fsync_interval
         self._retention_period = retention_period
@@ -989,6 +993,7 @@ class PersistentEventQueue:
             compression=self._compression,
             verify_reads=self._verify_reads,
         )
+        self.log_id = await asyncio.to_thread(_log_identity, self.directory)
         self._state = _OPEN
         self._tasks.append(asyncio.create_task(self._run_committer(), name="frys-log-commit"))
         if self._retention_period is not None or self._retention_bytes is not None:
@@ -1287,6 +1292,37 @@ class _Scan:
         self.tail: int | None = None
         self.since_index = 0
         self.index_offset = _SEGMENT_HEADER_SIZE
+
+
+def _log_identity(directory: Path) -> int:
+    """The id of the log in ``directory``, made (and made durable) on first use.
+
+    A log's sequence numbers mean something only together with its id: a publisher whose
+    log was lost starts a new sequence space under a new id, and readers that kept cursors
+    in the old one can tell (instead of taking seq 1 of the new log for one they handled).
+    """
+    path = directory / _ID_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        if len(text) == 16:
+            return int(text, 16)
+        logger.warning("log id file %s is malformed; the log gets a new id", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot read log id %s (%s); the log gets a new id", path, exc)
+    log_id = int.from_bytes(os.urandom(8), "big") >> 1  # 63 bits: a MessagePack int
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{log_id:016x}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_path(directory)
+    except OSError as exc:
+        raise StorageError(f"cannot write the log id {path}: {exc}") from exc
+    return log_id
 
 
 def _compress(data: bytes) -> bytes:

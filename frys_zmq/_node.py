@@ -87,8 +87,8 @@ class NodeCallbacks:
     serve: Callable[[str, Header, bytes], Awaitable[tuple[bool, bytes, int]]]
     #: Publish a system event locally (``$frys.peer.joined`` ...).
     system: Callable[[str, dict[str, Any]], None]
-    #: Lowest seq of a publisher (id, incarnation, keeps a log) that a durable subscription
-    #: has handled, or None.
+    #: Lowest seq of a publisher (id, sequence space, keeps a log) that a durable
+    #: subscription has handled, or None.
     durable_floor: Callable[[str, int, bool], int | None]
 
 
@@ -120,6 +120,9 @@ class _Stream:
     durable: bool = False
     #: Events up to this seq are history (replayed for durable subscriptions only).
     history_until: int = 0
+    #: What its seqs are numbers in: the publisher's log id if it keeps a log (the space
+    #: outlives its restarts), else its incarnation.
+    space: int = 0
 
 
 @dataclass
@@ -163,7 +166,7 @@ class Node:
         self._batch_bytes = min(_timing.BATCH_BYTES, self._limits.max_message_bytes // 2)
         self._batch_single_max = min(_timing.BATCH_SINGLE_MAX, self._batch_bytes)
         #: Where to resume a durable publisher's stream after it restarted (by node id).
-        #: Where to resume a peer's stream should it come back: (incarnation, next seq).
+        #: Where to resume a peer's stream should it come back: (space, next seq).
         self._resume: dict[str, tuple[int, int]] = {}
         self.peers = PeerTable(
             heartbeat_interval=config.heartbeat_interval,
@@ -221,29 +224,32 @@ class Node:
             self.router_port = self._bind(self._router, cfg.router_port)
         except zmq.ZMQError as exc:
             self._ctx.destroy(linger=0)
+            self._ctx = None
+            if self.log is not None:
+                await self.log.aclose()
             raise TransportError(f"cannot bind sockets on {cfg.bind_host}: {exc}") from exc
         if cfg.interface is None:
             self.address = _primary_address()
         self._router_one = self._guard("router", self._on_router_message)
         self._router_reader = SocketReader(self._router, self._on_router_batch, 256)
-        self._spawn(self._heartbeat_loop(), "heartbeat")
-        self._spawn(self._maintenance_loop(), "maintenance")
-        strategy = cfg.discovery_strategy
-        if strategy in (DiscoveryStrategy.STATIC, DiscoveryStrategy.MDNS_AND_STATIC):
-            for endpoint in cfg.cluster_peers:
-                self._link(endpoint, static=True)
-        if strategy in (DiscoveryStrategy.MDNS, DiscoveryStrategy.MDNS_AND_STATIC):
-            self._discovery = MdnsDiscovery(
-                interface=cfg.interface,
-                on_found=self.consider,
-                on_removed=lambda node_id, cluster: self.forget_link_of(node_id),
-                cluster=cfg.cluster,
-            )
-            try:
+        try:
+            self._spawn(self._heartbeat_loop(), "heartbeat")
+            self._spawn(self._maintenance_loop(), "maintenance")
+            strategy = cfg.discovery_strategy
+            if strategy in (DiscoveryStrategy.STATIC, DiscoveryStrategy.MDNS_AND_STATIC):
+                for endpoint in cfg.cluster_peers:
+                    self._link(endpoint, static=True)
+            if strategy in (DiscoveryStrategy.MDNS, DiscoveryStrategy.MDNS_AND_STATIC):
+                self._discovery = MdnsDiscovery(
+                    interface=cfg.interface,
+                    on_found=self.consider,
+                    on_removed=lambda node_id, cluster: self.forget_link_of(node_id),
+                    cluster=cfg.cluster,
+                )
                 await self._discovery.start(self.announcement())
-            except BaseException:
-                await self.aclose()
-                raise
+        except BaseException:
+            await self.aclose()  # nothing of a failed start may outlive it
+            raise
 
     async def aclose(self) -> None:
         if self._closed:
@@ -841,6 +847,7 @@ class Node:
             "v": PROTOCOL_VERSION,
             "served": sorted(self._served),
             "durable": self.log is not None,
+            "log": self.log.log_id if self.log is not None else None,
             "first": self.oldest_available(),
             "inc_first": self.first_seq,
         }
@@ -1044,16 +1051,19 @@ class Node:
             last_seq=header.seq,
         )
         peer.durable = bool(body.get("durable", False))
-        inc_first = body.get("inc_first")
+        inc_first, log_id = body.get("inc_first"), body.get("log")
+        space = (log_id if type(log_id) is int else 0) if peer.durable else peer.incarnation
         self.peers.add(peer)
         self._streams[ann.node_id] = self._new_stream(
-            peer, header.seq, inc_first if type(inc_first) is int else None
+            peer, header.seq, inc_first if type(inc_first) is int else None, space
         )
         self._open_sub(peer)
         self._peer_change.set()
         self._cb.system("$frys.peer.joined", _peer_dict(peer))
 
-    def _new_stream(self, peer: PeerInfo, hello_seq: int, inc_first: int | None) -> _Stream:
+    def _new_stream(
+        self, peer: PeerInfo, hello_seq: int, inc_first: int | None, space: int
+    ) -> _Stream:
         """Where to start reading a publisher we just met (HELLO answered at ``hello_seq``).
 
         Just after ``hello_seq`` when the publisher was running before this node started.
@@ -1071,7 +1081,7 @@ class Node:
             start = inc_first
             history_until = inc_first - 1
         remembered = self._resume.pop(peer.node_id, None)
-        if remembered is not None and (peer.durable or remembered[0] == peer.incarnation):
+        if remembered is not None and remembered[0] == space:
             # The same sequence space as before it left: read on from where we were.
             resume = remembered[1]
             if resume <= start:
@@ -1084,12 +1094,12 @@ class Node:
                     hello_seq,
                     resume - 1,
                 )
-        floor = self._cb.durable_floor(peer.node_id, peer.incarnation, peer.durable)
+        floor = self._cb.durable_floor(peer.node_id, space, peer.durable)
         if floor is not None and floor + 1 < start:
             start = floor + 1
         tracker = self._tracker(start)
         tracker.observe_last(hello_seq)
-        return _Stream(peer.incarnation, tracker, peer.durable, history_until)
+        return _Stream(peer.incarnation, tracker, peer.durable, history_until, space)
 
     def _tracker(self, next_seq: int) -> StreamTracker[Frames]:
         return StreamTracker(next_seq, max_pending_bytes=self._limits.max_held_bytes)
@@ -1108,14 +1118,13 @@ class Node:
         stream.tracker = self._tracker(next_seq)
         stream.tracker.observe_last(old.known_last)
 
-    def is_durable(self, source: str) -> bool:
+    def space_of(self, source: str) -> int | None:
+        """The sequence space of ``source``'s events (see ``_Stream.space``), if known."""
         stream = self._streams.get(source)
-        return stream is not None and stream.durable
-
-    def can_replay(self, source: str, incarnation: int) -> bool:
-        """Whether seqs recorded under ``incarnation`` can be replayed by ``source`` now."""
-        stream = self._streams.get(source)
-        return stream is not None and (stream.durable or stream.incarnation == incarnation)
+        if stream is not None:
+            return stream.space
+        remembered = self._resume.get(source)
+        return remembered[0] if remembered is not None else None
 
     def _on_replay_end(self, header: Header, payload: bytes) -> None:
         body = unpack_control(payload, self._limits)
@@ -1180,7 +1189,7 @@ class Node:
         stream = self._streams.pop(peer.node_id, None)
         if stream is not None and stream.durable:
             # Nothing is lost yet: it is in the publisher's log. Resume there if it returns.
-            self._remember_resume(peer.node_id, stream.incarnation, stream.tracker.next_seq)
+            self._remember_resume(peer.node_id, stream.space, stream.tracker.next_seq)
         elif stream is not None:
             # What is known missing now is reported lost; should the same process come back
             # (it only stalled), its stream resumes after that, repairing what it sent since.
@@ -1189,7 +1198,7 @@ class Node:
                 self._report_gap(peer.node_id, stream, gap)
             tracker = stream.tracker
             resume = max(tracker.next_seq, tracker.known_last + 1)
-            self._remember_resume(peer.node_id, stream.incarnation, resume)
+            self._remember_resume(peer.node_id, stream.space, resume)
         self._close_sub(peer.node_id)
         link = self._link_of(peer.node_id)
         if link is not None and link is not keep_link:
@@ -1209,10 +1218,10 @@ class Node:
         info["reason"] = reason
         self._cb.system("$frys.peer.left", info)
 
-    def _remember_resume(self, node_id: str, incarnation: int, next_seq: int) -> None:
+    def _remember_resume(self, node_id: str, space: int, next_seq: int) -> None:
         if len(self._resume) >= _timing.MAX_REMEMBERED_STREAMS:
             self._resume.pop(next(iter(self._resume)))  # the oldest
-        self._resume[node_id] = (incarnation, next_seq)
+        self._resume[node_id] = (space, next_seq)
 
     def forget_link_of(self, node_id: str) -> None:
         """mDNS says ``node_id`` is gone: stop probing its old endpoint (unless static)."""

@@ -162,7 +162,7 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
         # A durable subscriber whose cursor says it handled up to seq 5 comes to read on.
         sub_dir = tmp_path / "sub"
         store = CursorStore(sub_dir, "archive")
-        store.set("pub", pub._node.incarnation, 5)
+        store.set("pub", pub._node.log.log_id, 5)  # a cursor in this publisher's log
         store.close()
         sub_cfg = frys.EventBusConfig(
             node_id="sub",
@@ -185,6 +185,46 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
             assert [(g.payload["first"], g.payload["last"]) for g in gaps] == [(6, first_kept - 1)]
             assert "retained" in gaps[0].payload["reason"]
             assert sub.get_metrics()["gaps"] == first_kept - 6
+
+
+async def test_a_cursor_in_a_publishers_lost_log_is_reported_and_the_new_log_read_from_its_start(
+    cluster, tmp_path
+):
+    pub_cfg = frys.EventBusConfig(
+        node_id="pub",
+        cluster=cluster,
+        interface="127.0.0.1",
+        enable_persistence=True,
+        data_dir=str(tmp_path / "pub"),
+        discovery_strategy="static",
+    )
+    async with frys.EventBus(pub_cfg) as pub:
+        # The publisher's disk was replaced: its new log numbers events from 1 again.
+        await pub.publish_batch([("orders.new", {"n": i}) for i in range(600)])
+        sub_dir = tmp_path / "sub"
+        store = CursorStore(sub_dir, "audit")
+        store.set("pub", pub._node.log.log_id ^ 1, 500)  # handled up to 500 of the old log
+        store.close()
+        sub_cfg = frys.EventBusConfig(
+            node_id="sub",
+            cluster=cluster,
+            interface="127.0.0.1",
+            data_dir=str(sub_dir),
+            discovery_strategy="static",
+            cluster_peers=(pub.endpoints["router"],),
+        )
+        async with frys.EventBus(sub_cfg) as sub:
+            gaps: list[frys.Event] = []
+            sub.subscribe("$frys.gap", gaps.append)
+            got: list[int] = []
+            sub.subscribe("orders.>", lambda e: got.append(e.payload["n"]), durable="audit")
+            await sub.wait_for_peers(1)
+            async with asyncio.timeout(30):
+                while len(got) < 600:
+                    await asyncio.sleep(0.01)
+            assert got == list(range(600))  # seq 1..500 of the new log were not skipped
+            [gap] = gaps
+            assert gap.payload["first"] == 501 and "replaced" in gap.payload["reason"]
 
 
 async def test_acknowledged_publish_needs_persistence_and_returns_after_the_log_has_it(

@@ -767,6 +767,28 @@ async def test_retention_also_runs_periodically(tmp_path: Path) -> None:
         assert len(segment_files(tmp_path)) <= 3
 
 
+async def test_a_log_keeps_its_id_across_reopens_and_a_new_log_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    async with PersistentEventQueue(tmp_path / "a") as q:
+        first = q.log_id
+        await q.store_event(LogRecord(1, 1, "t", b"h", b"p"))
+    async with PersistentEventQueue(tmp_path / "a") as q:
+        assert q.log_id == first
+    async with PersistentEventQueue(tmp_path / "b") as q:
+        assert q.log_id not in (0, first)
+    assert 0 < first < 2**63  # travels as a MessagePack int
+
+
+async def test_a_malformed_log_id_file_is_replaced_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "LOG_ID").write_text("not hex at all")
+    async with PersistentEventQueue(tmp_path) as q:
+        assert q.log_id != 0
+        kept = q.log_id
+    async with PersistentEventQueue(tmp_path) as q:
+        assert q.log_id == kept
+
+
 async def test_aclose_is_idempotent_and_the_closed_queue_refuses_work(tmp_path: Path) -> None:
     queue = PersistentEventQueue(tmp_path)
     with pytest.raises(NotStarted):
