@@ -117,11 +117,15 @@ class MdnsDiscovery:
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
         self._announce: asyncio.Future[Any] | None = None
+        #: Set once our own name is registered (at once when there is none to register).
+        self._registered = asyncio.Event()
         self._lookups: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def start(self, own: Announcement | None = None) -> None:
         """Register ``own`` (if given; fails if its name is taken) and start browsing."""
+        if own is None:
+            self._registered.set()
         interfaces: list[str] | object
         interfaces = [self._interface] if self._interface else None
         try:
@@ -131,6 +135,12 @@ class MdnsDiscovery:
                 self._azc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         except OSError as exc:
             raise DiscoveryError(f"cannot start mDNS on {self._interface or 'all'}: {exc}") from exc
+        # Browse first: peers are looked up while our own name is being probed (half a
+        # second or more); they are reported once the name is ours, so a duplicate node id
+        # never greets anyone.
+        self._browser = AsyncServiceBrowser(
+            self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_state_change]
+        )
         if own is not None:
             address = self._interface or _primary_address()
             self._info = AsyncServiceInfo(
@@ -146,15 +156,13 @@ class MdnsDiscovery:
                 # task we keep, so closing soon after start leaves nothing pending.
                 announce = await self._azc.async_register_service(self._info)
                 self._announce = asyncio.ensure_future(announce)
+                self._registered.set()
             except NonUniqueNameException as exc:
                 await self.aclose()
                 raise DuplicateNodeId(own.node_id, own.cluster) from exc
             except BadTypeInNameException as exc:
                 await self.aclose()
                 raise DiscoveryError(f"bad mDNS name: {exc}") from exc
-        self._browser = AsyncServiceBrowser(
-            self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_state_change]
-        )
 
     async def aclose(self) -> None:
         """Unregister (sending goodbyes), stop browsing and close zeroconf. Idempotent."""
@@ -219,6 +227,7 @@ class MdnsDiscovery:
             return
         if self._cluster is not None and found.cluster != self._cluster:
             return
+        await self._registered.wait()
         if not self._closed:
             self._on_found(found)
 

@@ -186,6 +186,7 @@ class Node:
         self._corr = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peer_change = asyncio.Event()
+        self._hurried = False  #: extra heartbeats for a joining peer are scheduled
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._discovery: MdnsDiscovery | None = None
         self._log_limiter: dict[tuple[str, str], float] = {}
@@ -866,6 +867,9 @@ class Node:
         self._reply(ident, _CTL_FRAME, hdr, pack_control(reply_body))
         if "error" in reply_body:
             return
+        # The asker subscribes to our PUB next and is ready once it hears our heartbeat:
+        # a few early ones make that a matter of milliseconds, not of a heartbeat interval.
+        self._hurry_heartbeats()
         # A peer that found us first (static discovery) tells us where it is.
         self.consider(_announced(header, body, "HELLO"))
 
@@ -1266,6 +1270,22 @@ class Node:
         hears = [p.node_id for p in self.peers if p.receiving]
         body = pack_control({"served": sorted(self._served), "load": self.load(), "hears": hears})
         self._send_pub(_HB_FRAME, hdr, body)
+
+    def _hurry_heartbeats(self) -> None:
+        """Send extra heartbeats soon (a new subscriber's SUB takes a moment to connect)."""
+        if self._hurried or self._closed:
+            return
+        self._hurried = True
+        for delay in _timing.JOIN_HEARTBEATS:
+            self._loop.call_later(delay, self._extra_heartbeat)
+        self._loop.call_later(_timing.JOIN_HEARTBEATS[-1], self._hurry_done)
+
+    def _extra_heartbeat(self) -> None:
+        if not self._closed:
+            self._send_heartbeat()
+
+    def _hurry_done(self) -> None:
+        self._hurried = False
 
     async def _heartbeat_loop(self) -> None:
         self.load()  # prime psutil's cpu_percent

@@ -6,6 +6,8 @@ from typing import Final
 
 #: Default seconds between heartbeats.
 HEARTBEAT_INTERVAL: Final = 1.0
+#: Delays (s) of the extra heartbeats a node sends when a peer has just asked to join.
+JOIN_HEARTBEATS: Final = (0.02, 0.08, 0.25, 0.6)
 #: A peer missing this many beats in a row is *suspect*.
 SUSPECT_AFTER_MISSED: Final = 3
 #: Default seconds of silence after which a peer is *expired*.
