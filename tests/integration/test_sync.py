@@ -46,7 +46,10 @@ def test_two_sync_buses_meet_through_connect_and_exchange_events(cluster: str) -
 
 
 def test_connect_refuses_an_endpoint_that_is_not_tcp_host_port(cluster: str) -> None:
-    with sync.EventBus(config("a", cluster)) as bus, pytest.raises(frys.FrysError):
+    with (
+        sync.EventBus(config("a", cluster)) as bus,
+        pytest.raises(frys.ConfigError, match=r"must be tcp://HOST:PORT .*got 'garbage'"),
+    ):
         bus.connect("garbage")
 
 
