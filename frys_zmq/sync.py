@@ -14,6 +14,8 @@ own thread (a ``queue.Queue``), or write them as ``async def``.
 Inside a handler, use the asyncio API, ``bus.async_bus`` (``await bus.async_bus.publish(...)``
 in an ``async def`` handler): a method of this facade called on the bus's own thread would wait
 for the very thread it blocks, so it raises ``NotStarted`` at once instead of deadlocking.
+(A handler may call another sync bus, but this bus stalls until that call returns, and two
+buses whose handlers call each other wait for each other until ``call_timeout``.)
 
 Waiting on a subscription without a handler (``for event in bus.subscribe(p)``) blocks until an
 event arrives or the subscription is cancelled, with no time limit (Ctrl-C interrupts it);
