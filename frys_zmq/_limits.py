@@ -21,8 +21,10 @@ class Limits:
     max_decompressed_bytes: int = 64 * MiB
     #: Deepest nesting of maps/lists in a MessagePack document.
     max_depth: int = 64
-    #: Most elements in one MessagePack array or map.
-    max_container_len: int = 1_000_000
+    #: Most elements in one MessagePack array or map (4 Mi elements cost 32 MiB of list).
+    #: Documents no longer than this decode on the fast path (no container can be longer
+    #: than its document), so it sits above the common payload sizes.
+    max_container_len: int = 4 * MiB
     #: Longest str/bin/ext inside a MessagePack document.
     max_blob_len: int = 64 * MiB
     #: Largest header frame.
