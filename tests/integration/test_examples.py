@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,12 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ENV = {**os.environ, "FRYS_INTERFACE": "127.0.0.1"}
+ENV = {
+    **os.environ,
+    "FRYS_INTERFACE": "127.0.0.1",
+    # The tour uses a fixed cluster name; a run of the suite gets one of its own.
+    "TOUR_CLUSTER": f"tour-{uuid.uuid4().hex[:8]}",
+}
 
 EXPECTED = {
     "pubsub.py": [
@@ -29,6 +35,15 @@ EXPECTED = {
         "u2: error HandlerError: LookupError: no user u2",
         "billing: error NoResponders: no node serves 'billing.charge'",
         "report: timeout after 0.5s",
+    ],
+    "tour.py": [
+        "user.created {'user_id': 'u1'} {'source': 'web'} from orders-1",
+        "profile {'user_id': 'u1', 'name': 'Ada'} from orders-1",
+    ],
+    "filters_chains.py": [
+        "invoice {'order': 1, 'total': 19.0} (billing-node)",
+        "invoice {'order': 4, 'total': 10.75} (billing-node)",
+        "billed 2 of 4 orders; 2 filtered out",
     ],
     "sync_script.py": [
         "sensor.kitchen.temperature: 21.5 C",
