@@ -34,6 +34,7 @@ from ._errors import (
     TopicError,
     TransportError,
     UnknownProtocolVersion,
+    WrongThread,
 )
 from ._event import Event, Reply, Request
 from ._limits import Limits
@@ -95,6 +96,7 @@ __all__ = [
     "TopicError",
     "TransportError",
     "UnknownProtocolVersion",
+    "WrongThread",
     "__version__",
     "pattern_matches",
     "validate_pattern",

@@ -31,6 +31,7 @@ __all__ = [
     "TopicError",
     "TransportError",
     "UnknownProtocolVersion",
+    "WrongThread",
 ]
 
 
@@ -174,6 +175,11 @@ class NotStarted(FrysError, RuntimeError):
 
 class AlreadyClosed(FrysError, RuntimeError):
     """The bus (or a subscription) was used after it was closed."""
+
+
+class WrongThread(FrysError, RuntimeError):
+    """A blocking call of the sync facade was made on the bus's own thread (in a handler),
+    where it would wait for itself; use the asyncio API there (``bus.async_bus``)."""
 
 
 class SyncTimeout(FrysError, TimeoutError):

@@ -13,7 +13,7 @@ own thread (a ``queue.Queue``), or write them as ``async def``.
 
 Inside a handler, use the asyncio API, ``bus.async_bus`` (``await bus.async_bus.publish(...)``
 in an ``async def`` handler): a method of this facade called on the bus's own thread would wait
-for the very thread it blocks, so it raises ``NotStarted`` at once instead of deadlocking.
+for the very thread it blocks, so it raises ``WrongThread`` at once instead of deadlocking.
 (A handler may call another sync bus, but this bus stalls until that call returns, and two
 buses whose handlers call each other wait for each other until ``call_timeout``.)
 
@@ -44,7 +44,7 @@ from ._bus import EventBus as AsyncEventBus
 from ._config import EventBusConfig
 from ._dispatch import Handler
 from ._dispatch import Subscription as AsyncSubscription
-from ._errors import AlreadyClosed, FrysError, NotStarted, SyncTimeout
+from ._errors import AlreadyClosed, FrysError, NotStarted, SyncTimeout, WrongThread
 from ._event import Event, Reply, Request
 from ._peers import PeerInfo
 from ._processing import EventFilter, EventProcessingChain
@@ -132,7 +132,7 @@ class EventBus:
         if not self._started:
             raise NotStarted("start the EventBus first (with EventBus(...) as bus: ...)")
         if threading.get_ident() == self._thread.ident:
-            raise NotStarted(_on_bus_thread(_method_name(coro)))  # see _on_bus_thread
+            raise WrongThread(_on_bus_thread(_method_name(coro)))  # see _on_bus_thread
 
     def start(self) -> EventBus:
         if not self._started:
@@ -151,7 +151,7 @@ class EventBus:
             return
         if self._started:
             if threading.get_ident() == self._thread.ident:
-                raise NotStarted(_on_bus_thread("EventBus.close()"))
+                raise WrongThread(_on_bus_thread("EventBus.close()"))
             try:
                 self._wait(self._submit(self._shutdown(), closing=True), None)
             finally:

@@ -259,7 +259,7 @@ def test_a_sync_call_from_a_handler_fails_at_once_instead_of_deadlocking(bus) ->
     bus.publish("ping", 1)
     error = outcome.get(timeout=5)
     assert time.monotonic() - started < 2  # call_timeout is 10 s
-    assert isinstance(error, frys.NotStarted) and isinstance(error, frys.FrysError)
+    assert isinstance(error, frys.WrongThread) and isinstance(error, RuntimeError)
     assert "EventBus.publish()" in str(error)
     assert "bus's own thread" in str(error) and "bus.async_bus" in str(error)
 
@@ -286,7 +286,7 @@ def test_every_blocking_call_from_the_bus_thread_is_refused(bus, call: str) -> N
     bus.subscribe("ping", on_event)
     bus.publish("ping", 1)
     error = outcome.get(timeout=5)
-    assert isinstance(error, frys.NotStarted), error
+    assert isinstance(error, frys.WrongThread), error
     assert "bus's own thread" in str(error)
     other.cancel()
 
