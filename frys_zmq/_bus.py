@@ -812,6 +812,7 @@ class EventBus:
             "events_published": self.published,
             "events_dispatched": d.dispatched,
             "events_delivered": sum(s.delivered for s in subs),
+            "events_filtered": sum(s.filtered for s in subs),
             "events_unmatched": d.unmatched,
             "handler_errors": d.handler_errors,
             "dead_letters": d.dead_letters,

@@ -165,9 +165,10 @@ class Node:
         # A batch must fit the receivers' message limit with room to spare.
         self._batch_bytes = min(_timing.BATCH_BYTES, self._limits.max_message_bytes // 2)
         self._batch_single_max = min(_timing.BATCH_SINGLE_MAX, self._batch_bytes)
-        #: Where to resume a durable publisher's stream after it restarted (by node id).
         #: Where to resume a peer's stream should it come back: (space, next seq).
         self._resume: dict[str, tuple[int, int]] = {}
+        #: Streams of expired peers, kept whole until their grace ends (see DEPARTED_GRACE).
+        self._departed: dict[str, tuple[_Stream, float]] = {}
         self.peers = PeerTable(
             heartbeat_interval=config.heartbeat_interval,
             ttl=config.peer_ttl,
@@ -1079,14 +1080,19 @@ class Node:
         is also read from earlier when a durable subscription has handled it only up to some
         seq: that range is replayed from its log.
         """
+        departed = self._departed.pop(peer.node_id, None)
+        if departed is not None:
+            stream = departed[0]
+            if stream.space == space:  # the same process, back within the grace
+                stream.tracker.observe_last(hello_seq)
+                return stream
+            self._give_up_stream(peer.node_id, stream)  # another one: the old one is gone
         start = hello_seq + 1
         history_until = hello_seq
-        if inc_first is not None and peer.incarnation > self.incarnation and inc_first < start:
-            start = inc_first
-            history_until = inc_first - 1
         remembered = self._resume.pop(peer.node_id, None)
         if remembered is not None and remembered[0] == space:
-            # The same sequence space as before it left: read on from where we were.
+            # The same sequence space as before it left: read on from where we were, and
+            # only from there (what came before was delivered, or reported lost).
             resume = remembered[1]
             if resume <= start:
                 start = resume
@@ -1098,6 +1104,9 @@ class Node:
                     hello_seq,
                     resume - 1,
                 )
+        elif inc_first is not None and peer.incarnation > self.incarnation and inc_first < start:
+            start = inc_first
+            history_until = inc_first - 1
         floor = self._cb.durable_floor(peer.node_id, space, peer.durable)
         if floor is not None and floor + 1 < start:
             start = floor + 1
@@ -1124,7 +1133,7 @@ class Node:
 
     def space_of(self, source: str) -> int | None:
         """The sequence space of ``source``'s events (see ``_Stream.space``), if known."""
-        stream = self._streams.get(source)
+        stream = self._streams.get(source) or self._departed.get(source, (None, 0.0))[0]
         if stream is not None:
             return stream.space
         remembered = self._resume.get(source)
@@ -1194,15 +1203,12 @@ class Node:
         if stream is not None and stream.durable:
             # Nothing is lost yet: it is in the publisher's log. Resume there if it returns.
             self._remember_resume(peer.node_id, stream.space, stream.tracker.next_seq)
+        elif stream is not None and reason == "expired":
+            # Not lost yet: a peer that only stalled (paused, swapping, a long GC) comes back
+            # within the grace and its stream goes on where it was, repaired from its ring.
+            self._departed[peer.node_id] = (stream, time.monotonic() + _timing.DEPARTED_GRACE)
         elif stream is not None:
-            # What is known missing now is reported lost; should the same process come back
-            # (it only stalled), its stream resumes after that, repairing what it sent since.
-            gap = stream.tracker.abandon()
-            if gap is not None:
-                self._report_gap(peer.node_id, stream, gap)
-            tracker = stream.tracker
-            resume = max(tracker.next_seq, tracker.known_last + 1)
-            self._remember_resume(peer.node_id, stream.space, resume)
+            self._give_up_stream(peer.node_id, stream)  # it said goodbye, or restarted
         self._close_sub(peer.node_id)
         link = self._link_of(peer.node_id)
         if link is not None and link is not keep_link:
@@ -1221,6 +1227,17 @@ class Node:
         info = _peer_dict(peer)
         info["reason"] = reason
         self._cb.system("$frys.peer.left", info)
+
+    def _give_up_stream(self, node_id: str, stream: _Stream) -> None:
+        """The publisher is gone: what it still owed us is lost (a ``$frys.gap``).
+
+        Should the same process come back after all, its stream resumes after that point.
+        """
+        gap = stream.tracker.abandon()
+        if gap is not None:
+            self._report_gap(node_id, stream, gap)
+        tracker = stream.tracker
+        self._remember_resume(node_id, stream.space, max(tracker.next_seq, tracker.known_last + 1))
 
     def _remember_resume(self, node_id: str, space: int, next_seq: int) -> None:
         if len(self._resume) >= _timing.MAX_REMEMBERED_STREAMS:
@@ -1302,6 +1319,10 @@ class Node:
             for peer in expired:
                 self.peers.add(peer)  # _drop_peer removes it again, with bookkeeping
                 self._drop_peer(peer, "expired")
+            for node_id, (stream, due) in list(self._departed.items()):
+                if now >= due:
+                    del self._departed[node_id]
+                    self._give_up_stream(node_id, stream)
             if self._reliable:
                 for source, stream in list(self._streams.items()):
                     self._repair(source, stream, now)

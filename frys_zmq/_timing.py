@@ -21,6 +21,9 @@ HELLO_RETRY_MAX: Final = 5.0
 LINK_GIVE_UP: Final = 120.0
 #: An announced endpoint that has never answered a HELLO is given up after this long.
 NEW_LINK_GIVE_UP: Final = 15.0
+#: An expired peer's stream is kept this long before what it still owed is reported lost:
+#: a peer that only stalled comes back in time and loses nothing.
+DEPARTED_GRACE: Final = 10.0
 #: Most endpoints a node dials at once without knowing who is there (HELLO unanswered).
 MAX_UNKNOWN_LINKS: Final = 256
 #: Most departed peers whose stream position a node remembers for their return.
