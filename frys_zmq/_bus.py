@@ -389,11 +389,39 @@ class EventBus:
         sub.on_handled = on_handled
         self._durable[name] = (sub, store)
         sub(handler)  # start the worker only now that skip/on_handled are in place
-        if self._node is not None:
+        node = self._node
+        if node is not None:
+            # Publishers met before this subscription existed: read them again from its cursor.
             for publisher, (where, seq) in store.all().items():
-                if self._node.space_of(publisher) == where:
-                    self._node.rewind(publisher, seq + 1)
+                current = node.space_of(publisher)
+                if current is None:
+                    continue
+                if where != current and node.keeps_log(publisher):
+                    self._log_replaced(sub, store, publisher, current, seq)
+                    node.rewind(publisher, 1)
+                elif where == current:
+                    node.rewind(publisher, seq + 1)
         return sub
+
+    def _log_replaced(
+        self, sub: Subscription, store: CursorStore, publisher: str, space: int, seq: int
+    ) -> None:
+        """``sub`` handled ``publisher`` up to ``seq`` of a log that is gone: say so, and
+        move its cursor to the start of the publisher's new log."""
+        self._system_event(
+            "$frys.gap",
+            {
+                "publisher": publisher,
+                "first": seq + 1,
+                "last": None,
+                "count": None,
+                "reason": "the publisher's log was replaced: its later events are lost",
+                "subscription": sub.durable,
+            },
+        )
+        if self._node is not None:
+            self._node.stats.gap_events += 1
+        store.set(publisher, space, 0)
 
     def _durable_floor(self, publisher: str, space: int, durable: bool) -> int | None:
         """Lowest seq of ``publisher`` handled by any durable subscription, if any has one.
@@ -409,22 +437,8 @@ class EventBus:
             if sub.closed or cursor is None:
                 continue
             if cursor[0] != space and durable:
-                self._system_event(
-                    "$frys.gap",
-                    {
-                        "publisher": publisher,
-                        "first": cursor[1] + 1,
-                        "last": None,
-                        "count": None,
-                        "reason": "the publisher's log was replaced: its later events are lost",
-                        "subscription": sub.durable,
-                    },
-                )
-                if self._node is not None:
-                    self._node.stats.gap_events += 1
-                store.set(publisher, space, 0)
-                cursor = store.get(publisher)
-                assert cursor is not None
+                self._log_replaced(sub, store, publisher, space, cursor[1])
+                cursor = (space, 0)
             if cursor[0] == space:
                 seqs.append(cursor[1])
         return min(seqs) if seqs else None

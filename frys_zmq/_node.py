@@ -28,6 +28,7 @@ from ._discovery import Announcement, MdnsDiscovery, _primary_address
 from ._errors import (
     ConfigError,
     DecodeError,
+    DuplicateNodeId,
     FrysError,
     MessageTooLarge,
     StorageError,
@@ -110,6 +111,8 @@ class _Link:
     answered_at: float = 0.0
     #: The node this endpoint belonged to last, while it is probed for that node's return.
     last_node: str | None = None
+    #: Resolved when the node answers a HELLO as the same process (see _still_answers).
+    probe: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -188,6 +191,8 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peer_change = asyncio.Event()
         self._hurried = False  #: extra heartbeats for a joining peer are scheduled
+        #: Why a peer refused this node as a second live process of its id, if one did.
+        self.refused_as_duplicate: str | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._discovery: MdnsDiscovery | None = None
         self._log_limiter: dict[tuple[str, str], float] = {}
@@ -239,8 +244,8 @@ class Node:
             self._spawn(self._maintenance_loop(), "maintenance")
             strategy = cfg.discovery_strategy
             if strategy in (DiscoveryStrategy.STATIC, DiscoveryStrategy.MDNS_AND_STATIC):
-                for endpoint in cfg.cluster_peers:
-                    self._link(endpoint, static=True)
+                links = [self._link(endpoint, static=True) for endpoint in cfg.cluster_peers]
+                await self._first_answers(links)
             if strategy in (DiscoveryStrategy.MDNS, DiscoveryStrategy.MDNS_AND_STATIC):
                 self._discovery = MdnsDiscovery(
                     interface=cfg.interface,
@@ -252,6 +257,20 @@ class Node:
         except BaseException:
             await self.aclose()  # nothing of a failed start may outlive it
             raise
+
+    async def _first_answers(self, links: list[_Link]) -> None:
+        """Give static peers a moment to answer the first HELLO; fail if one says our id is
+        taken by a live process (what mDNS probing tells a node that announces itself)."""
+        started = time.monotonic()
+        deadline = started + _timing.STATIC_START_WAIT
+        while time.monotonic() < deadline and any(
+            link.node_id is None and link.answered_at <= started for link in links
+        ):
+            if self.refused_as_duplicate is not None:
+                break
+            await asyncio.sleep(_timing.MAINTENANCE_INTERVAL / 5)
+        if self.refused_as_duplicate is not None:
+            raise DuplicateNodeId(self.node_id, self.config.cluster)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -840,7 +859,51 @@ class Node:
         body = unpack_control(payload, self._limits)
         if not isinstance(body, dict):
             raise DecodeError("HELLO body must be a map")
-        cluster = body.get("cluster")
+        error: str | None = None
+        if body.get("cluster") != self.config.cluster:
+            error = f"cluster mismatch: this node is in {self.config.cluster!r}"
+        elif header.source == self.node_id:
+            error = "node id in use"
+        else:
+            known = self.peers.get(header.source)
+            if (
+                known is not None
+                and known.state is PeerState.ALIVE
+                and known.incarnation != header.incarnation
+            ):
+                # Another process with a live peer's id: restarted, or a second one? Only
+                # the old endpoint can say; the answer waits for it (a short while).
+                self._start_eagerly(self._serve_hello_probed(ident, header, body), "hello")
+                return
+        self._answer_hello(ident, header, body, error)
+
+    async def _serve_hello_probed(
+        self, ident: bytes, header: Header, body: dict[str, Any]
+    ) -> None:
+        link = self._link_of(header.source)
+        error = None
+        if link is not None and await self._still_answers(link):
+            error = f"node id {header.source!r} is in use by a live process at {link.endpoint}"
+            self._bad(header.source, "duplicate node id")
+            log.error("refused a second live process with node id %s", header.source)
+        self._answer_hello(ident, header, body, error)
+
+    async def _still_answers(self, link: _Link) -> bool:
+        """Whether the node behind ``link`` answers a HELLO as the same process, soon."""
+        probe: asyncio.Future[None] = self._loop.create_future()
+        link.probe = probe
+        self._send_hello(link)
+        try:
+            await asyncio.wait_for(probe, _timing.DUPLICATE_PROBE)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            link.probe = None
+
+    def _answer_hello(
+        self, ident: bytes, header: Header, body: dict[str, Any], error: str | None
+    ) -> None:
         reply_body: dict[str, Any] = {
             "cluster": self.config.cluster,
             "pub": self.pub_port,
@@ -853,10 +916,8 @@ class Node:
             "first": self.oldest_available(),
             "inc_first": self.first_seq,
         }
-        if cluster != self.config.cluster:
-            reply_body["error"] = f"cluster mismatch: this node is in {self.config.cluster!r}"
-        elif header.source == self.node_id:
-            reply_body["error"] = "node id in use"
+        if error is not None:
+            reply_body["error"] = error
         hdr = encode_header(
             Kind.HELLO_REPLY,
             self.node_id,
@@ -866,7 +927,7 @@ class Node:
             correlation_id=header.correlation_id,
         )
         self._reply(ident, _CTL_FRAME, hdr, pack_control(reply_body))
-        if "error" in reply_body:
+        if error is not None or self._closed:
             return
         # The asker subscribes to our PUB next and is ready once it hears our heartbeat:
         # a few early ones make that a matter of milliseconds, not of a heartbeat interval.
@@ -1021,7 +1082,13 @@ class Node:
         if not isinstance(body, dict):
             raise DecodeError("HELLO reply must be a map")
         if "error" in body:
-            log.warning("peer %s at %s refused us: %s", header.source, link.endpoint, body["error"])
+            error = str(body["error"])
+            if error.startswith("node id"):
+                self.refused_as_duplicate = error
+                log.error("%s at %s refused us: %s", header.source, link.endpoint, error)
+            else:
+                log.warning("peer %s at %s refused us: %s", header.source, link.endpoint, error)
+            link.answered_at = time.monotonic()
             return
         if body.get("cluster") != self.config.cluster or header.source == self.node_id:
             return
@@ -1035,6 +1102,9 @@ class Node:
         old = self.peers.get(ann.node_id)
         if old is not None:
             if old.incarnation == ann.incarnation and old.state is not PeerState.CONNECTING:
+                link.answered_at = time.monotonic()
+                if link.probe is not None and not link.probe.done():
+                    link.probe.set_result(None)  # still the same process (_still_answers)
                 return  # a repeated reply
             if old.incarnation != ann.incarnation:
                 self._drop_peer(old, "restarted", keep_link=link)
@@ -1130,6 +1200,11 @@ class Node:
         stream.history_until = max(stream.history_until, old.next_seq - 1)
         stream.tracker = self._tracker(next_seq)
         stream.tracker.observe_last(old.known_last)
+
+    def keeps_log(self, source: str) -> bool:
+        """Whether ``source`` is a peer with a durable log (its seqs outlive its restarts)."""
+        stream = self._streams.get(source)
+        return stream is not None and stream.durable
 
     def space_of(self, source: str) -> int | None:
         """The sequence space of ``source``'s events (see ``_Stream.space``), if known."""

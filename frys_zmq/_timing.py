@@ -21,6 +21,12 @@ HELLO_RETRY_MAX: Final = 5.0
 LINK_GIVE_UP: Final = 120.0
 #: An announced endpoint that has never answered a HELLO is given up after this long.
 NEW_LINK_GIVE_UP: Final = 15.0
+#: Seconds the old endpoint of a node id has to answer before a new process with that id is
+#: taken for a restart rather than a second live process.
+DUPLICATE_PROBE: Final = 0.3
+#: Seconds start() waits for static peers to answer their first HELLO (they may refuse a
+#: node id that a live process already has).
+STATIC_START_WAIT: Final = 1.0
 #: An expired peer's stream is kept this long before what it still owed is reported lost:
 #: a peer that only stalled comes back in time and loses nothing.
 DEPARTED_GRACE: Final = 10.0

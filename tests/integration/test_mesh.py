@@ -181,3 +181,50 @@ async def test_a_subscriber_with_a_tiny_receive_queue_still_gets_every_event_in_
         assert seqs(got) == list(range(20_000))
         m = await slow.call("metrics")
         assert m["gaps"] == 0
+
+
+async def test_with_static_discovery_a_second_live_process_of_an_id_fails_to_start(cluster):
+    # No mDNS probing to catch it: the peer it greets checks the id's old endpoint.
+    args = ["--heartbeat", "0.2", "--ttl", "1.0"]
+    async with mesh(cluster, "hub", args=args) as (hub,):
+        static = [*args, "--static", hub.info["router"]]
+        first = NodeProcess("dup", cluster=cluster, extra_args=static)
+        await first.start()
+        try:
+            await first.call("wait_peers", n=1)
+            second = NodeProcess("dup", cluster=cluster, extra_args=static)
+            with pytest.raises(RuntimeError, match="DuplicateNodeId"):
+                await second.start()
+            await second.aclose()
+            # The first one is untouched: still the hub's only "dup".
+            peers = await hub.call("peers")
+            assert [(p["node_id"], p["ready"]) for p in peers] == [("dup", True)]
+            metrics = await hub.call("metrics")
+            assert metrics["bad_by_reason"].get("duplicate node id") == 1
+        finally:
+            await first.aclose()
+
+
+async def test_with_static_discovery_a_restarted_process_takes_its_id_over_at_once(cluster):
+    args = ["--heartbeat", "0.2", "--ttl", "5.0"]  # the old one is not expired yet
+    async with mesh(cluster, "hub", args=args) as (hub,):
+        static = [*args, "--static", hub.info["router"]]
+        await hub.call("subscribe", pattern="job.*")
+        first = NodeProcess("worker", cluster=cluster, extra_args=static)
+        await first.start()
+        try:
+            await first.call("wait_peers", n=1)
+            old_inc = (await hub.call("peers"))[0]["incarnation"]
+        finally:
+            await first.kill()
+        second = NodeProcess("worker", cluster=cluster, extra_args=static)
+        await second.start()  # its old endpoint does not answer: a restart, not a twin
+        try:
+            await second.call("wait_peers", n=1)
+            await second.call("publish_many", topic="job.done", count=3)
+            assert seqs(await hub.collect(3)) == [0, 1, 2]
+            peers = await hub.call("peers")
+            assert [p["node_id"] for p in peers] == ["worker"]
+            assert peers[0]["incarnation"] != old_inc
+        finally:
+            await second.aclose()
