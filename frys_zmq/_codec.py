@@ -229,7 +229,7 @@ _FAST_DEPTH_MAX: Final = 256
 _WALK_MAX_BYTES: Final = 8 * 1024
 _CONTAINER_HEADERS: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _NOT_CONTAINER_HEADERS: Final = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
-_CONTAINER_TYPES: Final = frozenset((list, dict))
+_NESTING: Final = (dict, list, tuple)
 _WRAP_BYTE: Final = b"\x91"  # fixarray holding one element
 _msgpack_unpackb: Final = msgpack.unpackb
 
@@ -356,17 +356,7 @@ def _check_encoded_depth(obj: object, packed: bytes, size: int, max_depth: int) 
     """Raise LimitExceeded if ``obj`` (packed as ``packed``) nests deeper than ``max_depth``."""
     if size <= _COUNT_MAX_BYTES and _count_container_headers(packed) <= max_depth:
         return
-    # Iterative, like _check_depth, over what the packer treats as arrays and maps.
-    pending: list[tuple[Any, int]] = [(obj, 1)]
-    pop, push = pending.pop, pending.append
-    while pending:
-        container, depth = pop()
-        if depth > max_depth:
-            raise LimitExceeded(f"the payload nests deeper than {max_depth}, the receivers' limit")
-        depth += 1
-        for value in container.values() if isinstance(container, dict) else container:
-            if isinstance(value, (dict, list, tuple)):
-                push((value, depth))
+    _check_depth(obj, max_depth, what="the payload, deeper than the receivers' limit,")
 
 
 def _worth_compressing(packed: bytes, size: int) -> bool:
@@ -385,9 +375,13 @@ def _count_container_headers(data: bytes | memoryview) -> int:
     return len(raw.translate(None, _NOT_CONTAINER_HEADERS))
 
 
-def _check_depth(obj: Any, max_depth: int) -> None:
-    """Raise LimitExceeded if lists/dicts nest deeper than ``max_depth`` (top level is 1)."""
-    if type(obj) not in _CONTAINER_TYPES:
+def _check_depth(obj: Any, max_depth: int, *, what: str = "MessagePack") -> None:
+    """Raise LimitExceeded if maps and arrays nest deeper than ``max_depth`` (top level is 1).
+
+    Dicts, lists and tuples count (and their subclasses: what the packer writes as maps and
+    arrays), so it serves decoded documents and objects about to be encoded alike.
+    """
+    if not isinstance(obj, _NESTING):
         return
     # Iterative, so a deep document cannot exhaust the Python stack; keys are never containers.
     pending: list[tuple[Any, int]] = [(obj, 1)]
@@ -395,10 +389,10 @@ def _check_depth(obj: Any, max_depth: int) -> None:
     while pending:
         container, depth = pop()
         if depth > max_depth:
-            raise LimitExceeded(f"MessagePack nesting is deeper than {max_depth}")
+            raise LimitExceeded(f"{what} nests deeper than {max_depth}")
         depth += 1
-        for value in container.values() if type(container) is dict else container:
-            if type(value) in _CONTAINER_TYPES:
+        for value in container.values() if isinstance(container, dict) else container:
+            if isinstance(value, _NESTING):
                 push((value, depth))
 
 

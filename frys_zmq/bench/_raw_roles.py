@@ -247,7 +247,7 @@ def _role_zenoh_sub(p: dict[str, Any], pipe: Pipe) -> None:
     import zenoh
 
     endpoint = f"tcp/{LOOPBACK}:{_free_loopback_port()}"
-    session = zenoh.open(_zenoh_config(listen=[endpoint], connect=[]))
+    session: Any = zenoh.open(_zenoh_config(listen=[endpoint], connect=[]))
     try:
         unpackb = msgpack.unpackb
         handle = wl.handle
@@ -279,7 +279,7 @@ def _role_zenoh_pub(p: dict[str, Any], pipe: Pipe) -> None:
     wl = Workload()
     pipe.emit("ready", endpoint="")
     endpoint = pipe.recv("connect")["endpoints"][0]
-    session = zenoh.open(_zenoh_config(listen=[], connect=[endpoint]))
+    session: Any = zenoh.open(_zenoh_config(listen=[], connect=[endpoint]))
     try:
         pub = session.declare_publisher("bench/simple")
         time.sleep(0.5)  # let the subscriber's declaration arrive
