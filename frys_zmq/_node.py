@@ -333,8 +333,9 @@ class Node:
     ) -> None:
         """Queue one encoded event (``seq`` must be ``self.seq + 1``) for PUB, replay and log.
 
-        Events leave at the end of the loop iteration (or when a batch is full), so the
-        ones published together share messages; see ``_flush_unsent``.
+        The first event of a loop iteration leaves at once; those published after it in the
+        same iteration leave at its end (or when a batch is full), sharing messages: see
+        ``_flush_unsent``.
         """
         if seq != self.seq + 1:
             raise AssertionError(f"seq {seq} out of turn (last {self.seq})")
@@ -347,23 +348,34 @@ class Node:
             # Logged before sent: the record reaches the OS before the event reaches the
             # wire, so a killed publisher never comes back without an event a subscriber has.
             self.log.append_nowait(LogRecord(seq, ts, topic, header, payload))
+        if not self._flush_scheduled:
+            # The first event of a loop iteration leaves at once: a lone event (the usual
+            # case at modest rates) then waits for nothing. Those that follow it in the same
+            # iteration are coalesced into batches at its end.
+            if self.log is not None:
+                self.log.flush()
+            self._send_pub(tframe, header, payload)
+            self.sent_seq += 1
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_unsent)
+            return
         unsent = self._unsent
         unsent.append(frames)
         self._unsent_sizes.append(size)
         self._unsent_bytes += size
         if len(unsent) >= MAX_BATCH_EVENTS or self._unsent_bytes >= self._batch_bytes:
-            self._flush_unsent()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_unsent)
+            self._flush_unsent(scheduled=False)
 
-    def _flush_unsent(self) -> None:
+    def _flush_unsent(self, *, scheduled: bool = True) -> None:
         """Write queued events to the log (one write), then send them.
 
         Consecutive events of one topic go out as one BATCH message: one ZeroMQ message
-        instead of hundreds, and prefix filters on the topic frame still hold.
+        instead of hundreds, and prefix filters on the topic frame still hold. The call at
+        the end of the loop iteration (``scheduled``) also ends the iteration's "first event
+        goes at once" (see ``send_event``).
         """
-        self._flush_scheduled = False
+        if scheduled:
+            self._flush_scheduled = False
         if not self._unsent:
             return
         unsent, self._unsent = self._unsent, []
