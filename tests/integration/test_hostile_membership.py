@@ -176,7 +176,7 @@ async def test_a_hello_with_hostile_fields_is_counted_and_the_rest_of_its_batch_
 
 
 def flood(endpoint: str, frames: list[bytes], stop: threading.Event, sent: list[int]) -> None:
-    """Send ``frames`` to ``endpoint`` in bursts of 100 a millisecond apart, until ``stop``.
+    """Send ``frames`` to ``endpoint`` in bursts of 100 5 ms apart, until ``stop`` (or 10,000).
 
     A thread of its own, so that the victim's reads always find some among other messages.
     """
@@ -185,11 +185,11 @@ def flood(endpoint: str, frames: list[bytes], stop: threading.Event, sent: list[
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:
-        while not stop.is_set():
+        while not stop.is_set() and sent[0] < 10_000:
             for _ in range(100):
                 sock.send_multipart(frames)
                 sent[0] += 1
-            time.sleep(0.001)
+            time.sleep(0.005)
     finally:
         sock.close()
         ctx.term()
@@ -207,14 +207,15 @@ async def test_a_flood_of_hostile_hellos_costs_a_good_peer_none_of_its_requests(
         flooder.start()
         try:
             await until(lambda: victim.get_metrics()["bad_messages"] > bad)
-            for n in range(20):
+            n = 0
+            while n < 20 or sent[0] < 2000:  # at least 20 requests, all through the flood
                 reply = await good.request("svc.echo", n, timeout=2)
                 assert reply == frys.Reply.Success({"echo": n}, "victim")
+                n += 1
         finally:
             stop.set()
             await asyncio.to_thread(flooder.join)
         await until(lambda: victim.get_metrics()["bad_messages"] == bad + sent[0])
-        assert sent[0] >= 1000
 
 
 async def test_many_fake_hellos_keep_file_descriptors_bounded_and_a_late_node_still_joins(
@@ -229,6 +230,14 @@ async def test_many_fake_hellos_keep_file_descriptors_bounded_and_a_late_node_st
         raw_dealer(victim.endpoints["router"]) as dealer,
     ):
         fds = me.num_fds()
+
+        async def fds_settle_within(bound: int) -> None:
+            """Each link is a socket (an fd) and, while it reconnects, a TCP attempt (another);
+            the sockets closed to make room are reaped by libzmq's thread, a moment later."""
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: me.num_fds() - fds <= bound, timeout=5)
+            assert me.num_fds() - fds <= bound
+
         for i in range(300):
             # Half announce an endpoint no socket can connect to, half distinct closed ports.
             addr, rtr = ("a b", 1) if i % 2 else ("127.0.0.1", 20000 + i)
@@ -238,15 +247,14 @@ async def test_many_fake_hellos_keep_file_descriptors_bounded_and_a_late_node_st
             )
         # Every bad one counted, and every good one past the 32nd made room for itself.
         await until(lambda: victim.get_metrics()["bad_messages"] == 150 + 150 - 32)
-        # Each link is a socket (an fd) and, while it reconnects, a TCP attempt (another).
-        assert me.num_fds() - fds <= 3 * 32
+        await fds_settle_within(3 * 32)
 
         async with frys.EventBus(config("late", cluster)) as late:
             await late.connect(victim.endpoints["router"])
             await late.wait_for_peers(1, timeout=10)
             await victim.wait_for_peers(1, timeout=10)
             assert [p.node_id for p in victim.peers() if p.ready] == ["late"]
-        assert me.num_fds() - fds <= 3 * 32
+        await fds_settle_within(3 * 32)
 
 
 async def test_requests_past_max_pending_requests_are_refused_as_overloaded_at_once(cluster):
