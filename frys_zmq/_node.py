@@ -168,8 +168,9 @@ class Node:
         # A batch must fit the receivers' message limit with room to spare.
         self._batch_bytes = min(_timing.BATCH_BYTES, self._limits.max_message_bytes // 2)
         self._batch_single_max = min(_timing.BATCH_SINGLE_MAX, self._batch_bytes)
-        #: Where to resume a peer's stream should it come back: (space, next seq).
-        self._resume: dict[str, tuple[int, int]] = {}
+        #: Where to resume a peer's stream in a sequence space, should it come back: by
+        #: (node id, space), so an impostor's stream cannot overwrite the real one's place.
+        self._resume: dict[tuple[str, int], int] = {}
         #: Streams of expired peers, kept whole until their grace ends (see DEPARTED_GRACE).
         self._departed: dict[str, tuple[_Stream, float]] = {}
         self.peers = PeerTable(
@@ -900,6 +901,26 @@ class Node:
             log.error("refused a second live process with node id %s", header.source)
         self._answer_hello(ident, header, body, error)
 
+    async def _take_over_if_gone(
+        self, link: _Link, old_link: _Link, header: Header, payload: bytes
+    ) -> None:
+        """Let the node answering on ``link`` replace the one of ``old_link`` (same id) only
+        if that one no longer answers there; else count it as a second live process."""
+        if await self._still_answers(old_link):
+            self._bad(header.source, "duplicate node id")
+            log.error(
+                "%s answers at %s, but is still live at %s: ignored",
+                header.source,
+                link.endpoint,
+                old_link.endpoint,
+            )
+            return
+        old = self.peers.get(header.source)
+        if old is not None and old.incarnation != header.incarnation:
+            self._drop_peer(old, "restarted", keep_link=link)
+        if not self._closed and self._links.get(link.endpoint) is link:
+            self._on_hello_reply(link, header, payload)
+
     async def _still_answers(self, link: _Link) -> bool:
         """Whether the node behind ``link`` answers a HELLO as the same process, soon."""
         probe: asyncio.Future[None] = self._loop.create_future()
@@ -1119,6 +1140,14 @@ class Node:
                     link.probe.set_result(None)  # still the same process (_still_answers)
                 return  # a repeated reply
             if old.incarnation != ann.incarnation:
+                old_link = self._link_of(old.node_id)
+                if old_link is not None and old_link is not link:
+                    # A live peer's id answers from another endpoint: restarted there, or
+                    # someone in its name? Its old endpoint decides, as for a HELLO.
+                    self._start_eagerly(
+                        self._take_over_if_gone(link, old_link, header, payload), "takeover"
+                    )
+                    return
                 self._drop_peer(old, "restarted", keep_link=link)
         link.node_id = ann.node_id
         now = time.monotonic()
@@ -1171,11 +1200,10 @@ class Node:
             self._give_up_stream(peer.node_id, stream)  # another one: the old one is gone
         start = hello_seq + 1
         history_until = hello_seq
-        remembered = self._resume.pop(peer.node_id, None)
-        if remembered is not None and remembered[0] == space:
+        resume = self._resume.pop((peer.node_id, space), None)
+        if resume is not None:
             # The same sequence space as before it left: read on from where we were, and
             # only from there (what came before was delivered, or reported lost).
-            resume = remembered[1]
             if resume <= start:
                 start = resume
                 history_until = resume - 1
@@ -1221,10 +1249,7 @@ class Node:
     def space_of(self, source: str) -> int | None:
         """The sequence space of ``source``'s events (see ``_Stream.space``), if known."""
         stream = self._streams.get(source) or self._departed.get(source, (None, 0.0))[0]
-        if stream is not None:
-            return stream.space
-        remembered = self._resume.get(source)
-        return remembered[0] if remembered is not None else None
+        return stream.space if stream is not None else None
 
     def _on_replay_end(self, header: Header, payload: bytes) -> None:
         body = unpack_control(payload, self._limits)
@@ -1329,7 +1354,7 @@ class Node:
     def _remember_resume(self, node_id: str, space: int, next_seq: int) -> None:
         if len(self._resume) >= _timing.MAX_REMEMBERED_STREAMS:
             self._resume.pop(next(iter(self._resume)))  # the oldest
-        self._resume[node_id] = (space, next_seq)
+        self._resume[(node_id, space)] = next_seq
 
     def forget_link_of(self, node_id: str) -> None:
         """mDNS says ``node_id`` is gone: stop probing its old endpoint (unless static)."""

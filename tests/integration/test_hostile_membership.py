@@ -91,13 +91,6 @@ async def test_a_spoofed_hello_heartbeat_or_bye_in_a_peers_name_does_not_remove_
         assert left_ids(left) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the duplicate-id probe guards HELLOs but not HELLO replies: a member answering "
-    "the victim's probe of its own expired endpoint in a live peer's name (another "
-    "incarnation) replaces that peer, and once the real one answers again its stream is "
-    "read from its first seq: events it had already delivered arrive a second time",
-)
 async def test_a_member_answering_a_probe_in_a_live_peers_name_neither_replaces_nor_replays_it(
     cluster,
 ):
