@@ -87,6 +87,7 @@ class EventBus:
         )
         self._dispatcher = Dispatcher(
             queue_size=config.event_queue_size,
+            queue_bytes=config.event_queue_bytes,
             max_concurrent=config.max_concurrent_events,
             retries=config.handler_retries,
             retry_backoff=config.handler_retry_backoff,
@@ -611,9 +612,11 @@ class EventBus:
             timestamp_ns=header.timestamp_ns,
         )
         self._latency.add(time.time_ns() - header.timestamp_ns)
-        blocked = self._dispatcher.dispatch_nowait(event, subs)
+        # A single event can be big (batches carry only small ones): its bytes count against
+        # the subscriptions' event_queue_bytes, so a backlog of them stays bounded.
+        blocked = self._dispatcher.dispatch_nowait(event, subs, len(payload))
         if blocked:
-            return self._dispatcher.wait_blocked(event, blocked)
+            return self._dispatcher.wait_blocked(event, blocked, len(payload))
         return None
 
     def _resolve(self, event: Event) -> bool:

@@ -114,6 +114,9 @@ class EventBusConfig:
     handler_retries: int = 3
     handler_retry_backoff: float = 0.05
     event_queue_size: int = 10_000
+    #: Bytes of big events (those sent alone, not in batches) a subscription queues before
+    #: the node stops reading: 10,000 events of 1 MB would otherwise be 10 GB.
+    event_queue_bytes: int = 64 * 1024 * 1024
     #: Events the publisher keeps in memory to answer NACKs.
     retention_ring_size: int = 200_000
     #: Bytes it keeps. Holding many big events has a cost beyond memory: each new one then
@@ -165,6 +168,7 @@ class EventBusConfig:
         for name in (
             "max_concurrent_events",
             "event_queue_size",
+            "event_queue_bytes",
             "retention_ring_size",
             "retention_ring_bytes",
             "send_hwm",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import itertools
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,28 +25,36 @@ T = TypeVar("T")
 
 
 class _Fifo(Generic[T]):
-    """A bounded FIFO with one consumer, cheaper per item than ``asyncio.Queue``.
+    """A FIFO with one consumer, bounded in items and bytes, cheaper than ``asyncio.Queue``.
 
     Futures are made only when the consumer waits on an empty queue or a producer waits on
-    a full one; the common case is a deque append and popleft.
+    a full one; the common case is a deque append and popleft. Items put with a size (big
+    single events) count against ``max_bytes`` too; a queue always takes one item.
     """
 
-    __slots__ = ("_getter", "_items", "_maxsize", "_putters")
+    __slots__ = ("_bytes", "_getter", "_items", "_max_bytes", "_maxsize", "_putters", "_sizes")
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int = 0) -> None:
         self._items: collections.deque[T] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()  # one per item
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._getter: asyncio.Future[None] | None = None
         self._putters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def qsize(self) -> int:
         return len(self._items)
 
-    def put_nowait(self, item: T) -> bool:
+    def put_nowait(self, item: T, size: int = 0) -> bool:
         """Append ``item``; False (and nothing appended) when the queue is full."""
         if 0 < self._maxsize <= len(self._items):
             return False
+        if size and 0 < self._max_bytes < self._bytes + size and self._items:
+            return False
         self._items.append(item)
+        self._sizes.append(size)
+        self._bytes += size
         getter = self._getter
         if getter is not None:
             self._getter = None
@@ -62,6 +71,7 @@ class _Fifo(Generic[T]):
             return start
         end = start + room
         self._items.extend(items[start:end] if start or end < len(items) else items)
+        self._sizes.extend(itertools.repeat(0, room))
         getter = self._getter
         if getter is not None:
             self._getter = None
@@ -69,9 +79,9 @@ class _Fifo(Generic[T]):
                 getter.set_result(None)
         return end
 
-    async def put(self, item: T) -> None:
+    async def put(self, item: T, size: int = 0) -> None:
         """Append ``item``, waiting while the queue is full."""
-        while not self.put_nowait(item):
+        while not self.put_nowait(item, size):
             fut = asyncio.get_running_loop().create_future()
             self._putters.append(fut)
             try:
@@ -83,6 +93,7 @@ class _Fifo(Generic[T]):
     def get_nowait(self) -> T:
         """Pop the oldest item (IndexError when empty) and let one waiting producer in."""
         item = self._items.popleft()
+        self._bytes -= self._sizes.popleft()
         if self._putters:
             self.wake_putter()
         return item
@@ -115,6 +126,8 @@ class _Fifo(Generic[T]):
         """Drop every item; return how many there were."""
         n = len(self._items)
         self._items.clear()
+        self._sizes.clear()
+        self._bytes = 0
         for fut in self._putters:
             if not fut.done():
                 fut.set_result(None)  # they find room now
@@ -170,6 +183,7 @@ class Subscription:
         maxsize: int,
         event_filter: EventFilter | None = None,
         chain: EventProcessingChain | None = None,
+        max_bytes: int = 0,
     ) -> None:
         self.pattern = pattern
         self.handler = handler
@@ -178,7 +192,7 @@ class Subscription:
         #: Steps applied to each event before the handler sees it.
         self.chain = chain
         self._dispatcher = dispatcher
-        self._queue: _Fifo[Event | None] = _Fifo(maxsize)
+        self._queue: _Fifo[Event | None] = _Fifo(maxsize, max_bytes)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.delivered = 0  #: events handed to the handler or iterator
@@ -246,6 +260,7 @@ class Subscription:
         queue = self._queue
         items = queue._items
         popleft = items.popleft
+        popsize = queue._sizes.popleft
         putters = queue._putters
         dispatcher = self._dispatcher
         limiter = dispatcher.limiter
@@ -260,6 +275,9 @@ class Subscription:
             if not items:
                 await queue.wait()
             event = popleft()
+            size = popsize()
+            if size:
+                queue._bytes -= size
             if putters:
                 queue.wake_putter()
             if event is None:
@@ -400,6 +418,7 @@ class Dispatcher:
         self,
         *,
         queue_size: int,
+        queue_bytes: int = 0,
         max_concurrent: int = 1000,
         retries: int = 3,
         retry_backoff: float = 0.05,
@@ -414,6 +433,7 @@ class Dispatcher:
         self.chains_version = 0
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         #: Bounds how many handler calls run at once across all subscriptions.
         self.limiter = _Limiter(max_concurrent)
         self.retries = retries
@@ -435,7 +455,9 @@ class Dispatcher:
         chain: EventProcessingChain | None = None,
     ) -> Subscription:
         validate_pattern(pattern)
-        sub = Subscription(self, pattern, handler, self._queue_size, event_filter, chain)
+        sub = Subscription(
+            self, pattern, handler, self._queue_size, event_filter, chain, self._queue_bytes
+        )
         self._index.add(pattern, sub)
         self._subs.add(sub)
         sub._start()
@@ -471,12 +493,13 @@ class Dispatcher:
         return bool(self._subs)
 
     def dispatch_nowait(
-        self, event: Event, subs: tuple[Subscription, ...]
+        self, event: Event, subs: tuple[Subscription, ...], size: int = 0
     ) -> list[Subscription] | None:
-        """Queue ``event`` on ``subs``; return those that were full (caller awaits them)."""
+        """Queue ``event`` (``size`` bytes of payload) on ``subs``; return those that were
+        full (the caller awaits them with ``wait_blocked``)."""
         blocked: list[Subscription] | None = None
         for sub in subs:
-            if not sub._queue.put_nowait(event):
+            if not sub._queue.put_nowait(event, size):
                 if blocked is None:
                     blocked = []
                 blocked.append(sub)
@@ -530,10 +553,12 @@ class Dispatcher:
         if blocked:
             await self.wait_blocked(event, blocked)
 
-    async def wait_blocked(self, event: Event, blocked: list[Subscription]) -> None:
+    async def wait_blocked(
+        self, event: Event, blocked: list[Subscription], size: int = 0
+    ) -> None:
         for sub in blocked:
             if not sub.closed:
-                await sub._queue.put(event)
+                await sub._queue.put(event, size)
                 self.dispatched += 1
 
     def subscriptions(self) -> list[Subscription]:

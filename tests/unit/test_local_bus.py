@@ -181,3 +181,24 @@ async def test_memory_queue_block_policy_waits_for_room():
     await asyncio.wait_for(waiting, 1)
     assert await q.consume_batch(5, timeout=0.1) == [2, 3]
     assert await q.consume_batch(5, timeout=0.01) == []
+
+
+async def test_a_subscription_queue_is_bounded_in_bytes_of_big_events_too():
+    from frys_zmq._dispatch import Dispatcher
+
+    dispatcher = Dispatcher(queue_size=100, queue_bytes=1000)
+    sub = dispatcher.subscribe("big", None)
+    first, second = frys.Event("big", 1), frys.Event("big", 2)
+    subs = dispatcher.matches("big")
+    assert dispatcher.dispatch_nowait(first, subs, 600) is None  # an empty queue takes one
+    assert dispatcher.dispatch_nowait(second, subs, 600) == [sub]  # 1,200 bytes: full
+    waiting = asyncio.ensure_future(dispatcher.wait_blocked(second, [sub], 600))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert (await sub.get(1)).payload == 1  # room again: the blocked one goes in
+    async with asyncio.timeout(5):
+        await waiting
+    assert (await sub.get(1)).payload == 2
+    assert dispatcher.dispatch_nowait(frys.Event("big", 3), subs) is None  # small: no bytes
+    sub.cancel()
+    await dispatcher.aclose()
