@@ -55,11 +55,8 @@ class _Fifo(Generic[T]):
         self._items.append(item)
         self._sizes.append(size)
         self._bytes += size
-        getter = self._getter
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        if self._getter is not None:
+            self._wake_getter()
         return True
 
     def put_many(self, items: Sequence[T], start: int = 0) -> int:
@@ -72,12 +69,14 @@ class _Fifo(Generic[T]):
         end = start + room
         self._items.extend(items[start:end] if start or end < len(items) else items)
         self._sizes.extend(itertools.repeat(0, room))
-        getter = self._getter
-        if getter is not None:
-            self._getter = None
-            if not getter.done():
-                getter.set_result(None)
+        if self._getter is not None:
+            self._wake_getter()
         return end
+
+    def _wake_getter(self) -> None:
+        getter, self._getter = self._getter, None
+        if getter is not None and not getter.done():
+            getter.set_result(None)
 
     async def put(self, item: T, size: int = 0) -> None:
         """Append ``item``, waiting while the queue is full."""
