@@ -33,6 +33,8 @@ BatchHandler = Callable[[list[list[bytes]]], Awaitable[None] | None]
 _backend_send: Callable[..., Any] = zmq.backend.Socket.send
 _MORE: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
+#: A drain stops after this many bytes of messages (and after ``max_batch`` messages).
+_BATCH_BYTES: Final = 8 * 1024 * 1024
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], copy: bool = True) -> None:
@@ -87,9 +89,14 @@ class SocketReader:
             return
         recv = self._sock.recv_multipart
         batch: list[list[bytes]] = []
+        size = 0
         try:
-            while len(batch) < self._max:
-                batch.append(recv(zmq.NOBLOCK))
+            # Bounded in bytes too: 1,024 messages of 1 MB read in one go held a GB at once,
+            # whatever the queues behind the handler allowed.
+            while len(batch) < self._max and size < _BATCH_BYTES:
+                msg = recv(zmq.NOBLOCK)
+                size += len(msg[-1])
+                batch.append(msg)
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:  # the socket was closed under us
@@ -107,7 +114,7 @@ class SocketReader:
         if pending is not None:
             self._blocked = True
             asyncio.ensure_future(pending).add_done_callback(self._unblock)
-        elif len(batch) == self._max:
+        elif len(batch) == self._max or size >= _BATCH_BYTES:
             self.touch()  # more may be queued; let other callbacks run first
 
     def _unblock(self, fut: asyncio.Future[None]) -> None:
