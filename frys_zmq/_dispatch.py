@@ -552,9 +552,7 @@ class Dispatcher:
         if blocked:
             await self.wait_blocked(event, blocked)
 
-    async def wait_blocked(
-        self, event: Event, blocked: list[Subscription], size: int = 0
-    ) -> None:
+    async def wait_blocked(self, event: Event, blocked: list[Subscription], size: int = 0) -> None:
         for sub in blocked:
             if not sub.closed:
                 await sub._queue.put(event, size)

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psutil
@@ -29,7 +29,6 @@ from ._errors import (
     ConfigError,
     DecodeError,
     DuplicateNodeId,
-    FrysError,
     MessageTooLarge,
     StorageError,
     TransportError,
@@ -890,9 +889,7 @@ class Node:
                 return
         self._answer_hello(ident, header, body, error)
 
-    async def _serve_hello_probed(
-        self, ident: bytes, header: Header, body: dict[str, Any]
-    ) -> None:
+    async def _serve_hello_probed(self, ident: bytes, header: Header, body: dict[str, Any]) -> None:
         link = self._link_of(header.source)
         error = None
         if link is not None and await self._still_answers(link):
@@ -1589,10 +1586,3 @@ def _peer_dict(peer: PeerInfo) -> dict[str, Any]:
         "router_port": peer.router_port,
         "incarnation": peer.incarnation,
     }
-
-
-def copy_peer(peer: PeerInfo) -> PeerInfo:
-    return replace(peer, extra=dict(peer.extra))
-
-
-_ = FrysError
