@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
+from spawned import FAST, node, wait_until
 
 import frys_zmq as frys
 from frys_zmq._cursors import CursorStore
@@ -13,27 +13,29 @@ from frys_zmq.testing import NodeProcess
 
 pytestmark = pytest.mark.timeout(180)
 
-FAST = ["--heartbeat", "0.2", "--ttl", "1.0"]
+
+def persistent_publisher(cluster: str, tmp_path, **kw) -> frys.EventBusConfig:
+    """A persistent publisher in this process, found by its subscribers' static endpoint."""
+    return frys.EventBusConfig(
+        node_id="pub",
+        cluster=cluster,
+        interface="127.0.0.1",
+        enable_persistence=True,
+        data_dir=str(tmp_path / "pub"),
+        discovery_strategy="static",
+        **kw,
+    )
 
 
-async def wait_until(probe, done, timeout: float = 60.0):
-    """Poll ``probe()`` (a coroutine) until ``done(result)``; return the result."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await probe()
-            if done(result):
-                return result
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def node(*args, **kw):
-    proc = NodeProcess(*args, **kw)
-    try:
-        await proc.start()
-        yield proc
-    finally:
-        await proc.aclose()
+def subscriber_of(pub: frys.EventBus, cluster: str, data_dir) -> frys.EventBusConfig:
+    return frys.EventBusConfig(
+        node_id="sub",
+        cluster=cluster,
+        interface="127.0.0.1",
+        data_dir=str(data_dir),
+        discovery_strategy="static",
+        cluster_peers=(pub.endpoints["router"],),
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,16 +144,8 @@ async def _drain(proc: NodeProcess):
 async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silently(
     cluster, tmp_path
 ):
-    pub_cfg = frys.EventBusConfig(
-        node_id="pub",
-        cluster=cluster,
-        interface="127.0.0.1",
-        enable_persistence=True,
-        data_dir=str(tmp_path / "pub"),
-        max_file_size=4096,
-        retention_bytes=16384,
-        retention_ring_size=10,
-        discovery_strategy="static",
+    pub_cfg = persistent_publisher(
+        cluster, tmp_path, max_file_size=4096, retention_bytes=16384, retention_ring_size=10
     )
     async with frys.EventBus(pub_cfg) as pub:
         for i in range(2000):
@@ -164,15 +158,7 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
         store = CursorStore(sub_dir, "archive")
         store.set("pub", pub._node.log.log_id, 5)  # a cursor in this publisher's log
         store.close()
-        sub_cfg = frys.EventBusConfig(
-            node_id="sub",
-            cluster=cluster,
-            interface="127.0.0.1",
-            data_dir=str(sub_dir),
-            discovery_strategy="static",
-            cluster_peers=(pub.endpoints["router"],),
-        )
-        async with frys.EventBus(sub_cfg) as sub:
+        async with frys.EventBus(subscriber_of(pub, cluster, sub_dir)) as sub:
             gaps: list[frys.Event] = []
             sub.subscribe("$frys.gap", gaps.append)
             got: list[int] = []
@@ -190,30 +176,14 @@ async def test_events_removed_by_retention_are_reported_as_a_gap_not_lost_silent
 async def test_a_cursor_in_a_publishers_lost_log_is_reported_and_the_new_log_read_from_its_start(
     cluster, tmp_path
 ):
-    pub_cfg = frys.EventBusConfig(
-        node_id="pub",
-        cluster=cluster,
-        interface="127.0.0.1",
-        enable_persistence=True,
-        data_dir=str(tmp_path / "pub"),
-        discovery_strategy="static",
-    )
-    async with frys.EventBus(pub_cfg) as pub:
+    async with frys.EventBus(persistent_publisher(cluster, tmp_path)) as pub:
         # The publisher's disk was replaced: its new log numbers events from 1 again.
         await pub.publish_batch([("orders.new", {"n": i}) for i in range(600)])
         sub_dir = tmp_path / "sub"
         store = CursorStore(sub_dir, "audit")
         store.set("pub", pub._node.log.log_id ^ 1, 500)  # handled up to 500 of the old log
         store.close()
-        sub_cfg = frys.EventBusConfig(
-            node_id="sub",
-            cluster=cluster,
-            interface="127.0.0.1",
-            data_dir=str(sub_dir),
-            discovery_strategy="static",
-            cluster_peers=(pub.endpoints["router"],),
-        )
-        async with frys.EventBus(sub_cfg) as sub:
+        async with frys.EventBus(subscriber_of(pub, cluster, sub_dir)) as sub:
             gaps: list[frys.Event] = []
             sub.subscribe("$frys.gap", gaps.append)
             got: list[int] = []

@@ -7,33 +7,18 @@ import contextlib
 import os
 
 import pytest
+from spawned import FAST, node, wait_until
 
 import frys_zmq as frys
-from frys_zmq.testing import NodeProcess
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = ["--heartbeat", "0.2", "--ttl", "1.0"]
-
-
-async def wait_until(probe, done, timeout: float = 20.0):
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await probe()
-            if done(result):
-                return result
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
 async def subscriber(cluster: str):
-    proc = NodeProcess("sub", cluster=cluster, extra_args=FAST)
-    try:
-        await proc.start()
+    async with node("sub", cluster=cluster, extra_args=FAST) as proc:
         await proc.call("subscribe", pattern="x.>", quiet=True)
         yield proc
-    finally:
-        await proc.aclose()
 
 
 def publisher(cluster: str, **kw) -> frys.EventBus:
@@ -73,7 +58,7 @@ async def test_events_peers_would_refuse_are_refused_and_the_stream_goes_on(clus
         # A list of 5,000 metadata values is fine for publisher and receiver alike.
         await bus.publish("x.ok", {"n": 1}, metadata={"ids": list(range(5000))})
         await bus.publish("x.ok", {"n": 2})
-        got = await wait_until(lambda: sub.call("received"), lambda r: len(r) >= 3)
+        got = await wait_until(lambda: sub.call("received"), lambda r: len(r) >= 3, 20)
         assert got == [0, 1, 2]
         assert bus.get_metrics()["seq"] == 3  # nothing refused used up a seq
         metrics = await sub.call("metrics")
